@@ -1,0 +1,187 @@
+"""Typed, validated run configuration.
+
+A config is four sections (``model``, ``diffusion``, ``data``, ``train``) read from JSON. Every key is
+typed; an unknown or mistyped key is a :class:`ConfigError` whose one-line message names the key and the
+file. ``--set section.key=value`` overrides go through :func:`apply_overrides` before validation, so they
+are checked the same way. The resolved config is written into every run directory (``config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEDULE_NAMES = ("linear", "quad", "warmup10", "warmup50", "const", "jsd", "cosine")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line naming the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The SR3-type U-Net (names follow DDPM-CD's ``model.unet`` block)."""
+
+    in_channels: int = Field(1, ge=1)
+    out_channels: int = Field(1, ge=1)
+    base_channels: int = Field(64, ge=1)
+    channel_mults: tuple[int, ...] = Field((1, 2, 4), min_length=1)
+    res_blocks: int = Field(2, ge=1)
+    attn_resolutions: tuple[int, ...] = (7,)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    norm_groups: int = Field(32, ge=1)
+    image_size: int = Field(28, ge=1)
+
+
+class DiffusionConfig(_Section):
+    """Noise schedule and training objective."""
+
+    schedule: Literal["linear", "quad", "warmup10", "warmup50", "const", "jsd", "cosine"] = "linear"
+    timesteps: int = Field(1000, ge=1)
+    beta_start: float = Field(1e-4, gt=0.0, lt=1.0)
+    beta_end: float = Field(0.02, gt=0.0, le=1.0)
+    objective: Literal["eps", "x0", "v"] = "eps"
+    loss: Literal["l1", "l2"] = "l2"
+    min_snr_gamma: float | None = Field(None, gt=0.0)
+    """Min-SNR-gamma loss weighting (Hang et al. 2023); ``None`` weights every noise level alike."""
+
+
+class DataConfig(_Section):
+    """Where images come from and how they are shaped."""
+
+    path: str | None = None
+    """MNIST idx folder / PNG class folder / image folder. ``None`` for kind ``mnist``: the default source."""
+    kind: Literal["mnist", "folder"] = "mnist"
+    split: Literal["train", "test"] = "train"
+    limit: int | None = Field(None, ge=1)
+    """Take the first N images (in file order) so runs are comparable."""
+    image_size: int = Field(28, ge=1)
+    channels: int = Field(1, ge=1)
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = False
+    """Random 90-degree rotations: valid for nadir (satellite) imagery, never for digits."""
+
+
+class TrainConfig(_Section):
+    """Optimisation, logging and checkpointing."""
+
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
+    max_steps: int = Field(10_000, ge=1)
+    time_limit_minutes: float | None = Field(None, gt=0.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(1.0, gt=0.0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(1000, ge=1)
+    sample_steps: int = Field(100, ge=1)
+    """Ancestral steps used for the periodic sample grids."""
+    save_every: int = Field(1000, ge=1)
+    seed: int = 0
+
+
+class Config(_Section):
+    model: ModelConfig = ModelConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        m, d = self.model, self.data
+        if m.in_channels != d.channels:
+            raise ValueError(
+                f"model.in_channels ({m.in_channels}) must equal data.channels ({d.channels})"
+            )
+        if m.image_size != d.image_size:
+            raise ValueError(
+                f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})"
+            )
+        if self.diffusion.beta_start > self.diffusion.beta_end:
+            raise ValueError("diffusion.beta_start must not exceed diffusion.beta_end")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; see the README's config reference)"
+    extra = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: config key '{key}': {msg}{extra}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config must be a JSON object with sections model/diffusion/data/train")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a config dict (values parsed as JSON, else strings).
+
+    >>> apply_overrides({"train": {"lr": 1e-4}}, ["train.lr=3e-4"])["train"]["lr"]
+    0.0003
+    """
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"{source} '{item}': expected section.key=value, e.g. train.lr=3e-4")
+        section, name = parts
+        if section not in Config.model_fields:
+            raise ConfigError(
+                f"{source} '{item}': unknown section '{section}' (one of {', '.join(Config.model_fields)})"
+            )
+        out.setdefault(section, {})[name] = _parse_value(value)
+    return out
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file, with a one-line error naming the file, line and column on bad syntax."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load and validate a JSON config file, applying ``--set`` overrides first."""
+    data = apply_overrides(read_json(path), overrides or [])
+    return parse_config(data, source=str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config (every key, defaults included) as indented JSON."""
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
