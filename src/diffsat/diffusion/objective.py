@@ -1,0 +1,133 @@
+"""Forward process, parameterisations and the training loss.
+
+With ``alpha = level = sqrt(alpha_bar)`` and ``sigma = sqrt(1 - alpha^2)`` (variance-preserving):
+
+- forward process (Ho et al. 2020, eq. 4): ``x_t = alpha * x_0 + sigma * eps``;
+- v-parameterisation (Salimans & Ho 2022, sec. 4): ``v = alpha * eps - sigma * x_0``, hence
+  ``x_0 = alpha * x_t - sigma * v`` and ``eps = sigma * x_t + alpha * v``;
+- eps-parameterisation: ``x_0 = (x_t - sigma * eps) / alpha``.
+
+Tensors: images ``(B, C, H, W)``; levels ``(B,)`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .schedules import NoiseSchedule
+
+Objective = str  # "eps" | "x0" | "v"
+
+
+def _bc(level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast levels (B,) to (B, 1, 1, 1) in ``like``'s dtype."""
+    return level.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def sigma_of(level: torch.Tensor) -> torch.Tensor:
+    return (1.0 - level * level).clamp_min(0.0).sqrt()
+
+
+def q_sample(x0: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Draw ``x_t = alpha x_0 + sigma eps`` for levels ``alpha`` (B,); same shape as ``x0``."""
+    a = _bc(level, x0)
+    return a * x0 + sigma_of(a) * noise
+
+
+def target_for(objective: Objective, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to output for ``objective``."""
+    a = _bc(level, x0)
+    targets = {"eps": lambda: noise, "x0": lambda: x0, "v": lambda: a * noise - sigma_of(a) * x0}
+    return targets[objective]()
+
+
+def split_prediction(
+    objective: Objective, pred: torch.Tensor, x_t: torch.Tensor, level: torch.Tensor, clip_x0: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a network output into ``(x0_hat, eps_hat)``; with ``clip_x0`` the x0 estimate is clamped to
+    [-1, 1] and eps recomputed from it (so the pair stays consistent with ``x_t``)."""
+    a = _bc(level, x_t)
+    s = sigma_of(a)
+    if objective == "eps":
+        x0 = (x_t - s * pred) / a.clamp_min(1e-6)
+    elif objective == "x0":
+        x0 = pred
+    elif objective == "v":
+        x0 = a * x_t - s * pred
+    else:
+        raise ValueError(f"unknown objective '{objective}': eps, x0 or v")
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    if objective == "eps" and not clip_x0:
+        return x0, pred
+    eps = (x_t - a * x0) / s.clamp_min(1e-6)
+    return x0, eps
+
+
+@dataclass
+class Denoiser:
+    """A trained network seen by samplers: ``denoiser(x_t, level) -> (x0_hat, eps_hat)``.
+
+    Wraps the raw U-Net output according to ``objective``, runs it under bf16 autocast when asked, and
+    returns float32 tensors of the input's shape.
+    """
+
+    net: nn.Module
+    objective: Objective = "eps"
+    clip_x0: bool = True
+    autocast_bf16: bool = False
+
+    def __call__(self, x_t: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        level = level.to(torch.float32).expand(x_t.shape[0]) if level.dim() == 0 else level.float()
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
+            pred = self.net(x_t, level)
+        return split_prediction(self.objective, pred.float(), x_t, level, self.clip_x0)
+
+
+def sample_training_levels(schedule: NoiseSchedule, batch: int, generator: torch.Generator) -> torch.Tensor:
+    """SR3 training noise levels: draw ``t ~ U{1..T}`` then ``level ~ U(sqrt(ab_t), sqrt(ab_{t-1}))``.
+
+    Returns ``(batch,)`` float32 in [0, 1]. Continuous levels let one network serve any step count.
+    """
+    levels = schedule.levels_with_zero
+    t = torch.randint(1, schedule.timesteps + 1, (batch,), generator=generator)
+    u = torch.rand(batch, generator=generator, dtype=torch.float64)
+    low, high = levels[t], levels[t - 1]
+    return (low + u * (high - low)).float()
+
+
+def min_snr_weight(objective: Objective, level: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights (Hang et al. 2023, eq. 9) expressed for each target: (B,)."""
+    snr = level**2 / (1 - level**2).clamp_min(1e-8)
+    clipped = snr.clamp(max=gamma)
+    weights = {"eps": clipped / snr.clamp_min(1e-8), "x0": clipped, "v": clipped / (snr + 1)}
+    return weights[objective]
+
+
+@dataclass
+class DiffusionLoss:
+    """Training loss: ``loss(net, x0, generator) -> {"loss": scalar, "level_mean": scalar}``.
+
+    Draws SR3 noise levels and Gaussian noise from ``generator``, noises ``x0`` ((B,C,H,W) in [-1, 1]),
+    and compares the network output with the objective's target under L1 or L2 (mean over elements),
+    optionally min-SNR weighted per sample.
+    """
+
+    schedule: NoiseSchedule
+    objective: Objective = "eps"
+    loss: str = "l2"
+    min_snr_gamma: float | None = None
+
+    def __call__(self, net: Callable, x0: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        level = sample_training_levels(self.schedule, x0.shape[0], generator).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        pred = net(q_sample(x0, level, noise), level).float()
+        diff = pred - target_for(self.objective, x0, noise, level)
+        per_sample = (diff.abs() if self.loss == "l1" else diff.square()).flatten(1).mean(1)
+        if self.min_snr_gamma is not None:
+            per_sample = per_sample * min_snr_weight(self.objective, level, self.min_snr_gamma)
+        return {"loss": per_sample.mean(), "level_mean": level.mean()}
