@@ -1,3 +1,17 @@
 """diffsat: SR3-type denoising diffusion for satellite imagery and handwritten digits."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that ``import diffsat`` does not import torch.
+    if name == "load_model":
+        from .models.sr3_compat import load_model
+
+        return load_model
+    raise AttributeError(f"module 'diffsat' has no attribute '{name}'")

@@ -13,7 +13,7 @@ from diffsat.config import DataConfig
 
 
 def to_unit_range(array: np.ndarray) -> torch.Tensor:
-    """uint8 array in ``[0, 255]``, any shape -> contiguous float32 tensor of the same shape in ``[-1, 1]``."""
+    """uint8 array in ``[0, 255]``, any shape -> contiguous float32 tensor, same shape, in ``[-1, 1]``."""
     if array.dtype != np.uint8:
         raise TypeError(f"to_unit_range expects a uint8 array, got {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array)).to(torch.float32).div_(127.5).sub_(1.0)

@@ -94,6 +94,9 @@ SPACINGS: dict[str, Callable[[int], torch.Tensor]] = {
     # Fractions of T in (0, 1], increasing, last = 1.
     "uniform": lambda k: torch.linspace(0, 1, k + 1, dtype=F64)[1:],
     "quadratic": lambda k: torch.linspace(0, 1, k + 1, dtype=F64)[1:] ** 2,
+    # diffusers' "trailing" (round(T - arange(0, T, T/k)), reversed) in 1-based steps: j/k for j = 1..k.
+    # The same grid as "uniform" except where float rounding of an exact .5 tie differs.
+    "trailing": lambda k: torch.arange(1, k + 1, dtype=F64) / k,
 }
 
 
@@ -110,15 +113,60 @@ def respace(timesteps: int, steps: int, spacing: str = "uniform") -> torch.Tenso
     except KeyError:
         raise ValueError(f"unknown spacing '{spacing}': one of {', '.join(SPACINGS)}") from None
     chosen = torch.round(grid * timesteps).long().clamp(1, timesteps)
-    # Keep the choice strictly increasing even where rounding collides (small T / many steps).
+    return _strictly_increasing(chosen, timesteps)
+
+
+def _strictly_increasing(chosen: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """Push colliding steps apart where rounding collides (small T / many steps).
+
+    ``chosen``: int64 ``(k,)``, non-decreasing, in 1..T, last = T. Returns a strictly increasing copy with
+    the same last entry: capped at ``T - (k - 1 - i)`` then raised to ``previous + 1``.
+    """
+    steps = chosen.shape[0]
+    chosen = torch.minimum(chosen, timesteps - torch.arange(steps - 1, -1, -1))
     for i in range(1, steps):
         chosen[i] = max(int(chosen[i]), int(chosen[i - 1]) + 1)
-    for i in range(steps - 2, -1, -1):
-        chosen[i] = min(int(chosen[i]), int(chosen[i + 1]) - 1)
     return chosen
 
 
+def log_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """lambda = log(alpha^2 / sigma^2) = log(ab / (1 - ab)) (Kingma et al. 2021, eq. 3), same shape, float64."""
+    ab = alphas_cumprod.to(F64)
+    return torch.log(ab) - torch.log1p(-ab)
+
+
+def respace_logsnr(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
+    """``steps`` training steps whose log-SNR is evenly spaced between the schedule's extremes.
+
+    Targets ``linspace(lambda_1, lambda_T, steps)`` (the "logSNR" time grid of DPM-Solver, Lu et al. 2022,
+    sec. 3.3, over the discrete steps 1..T); each target takes the step of nearest log-SNR. Returns an
+    increasing int64 ``(steps,)`` in 1..T whose last entry is T (first is 1 when ``steps > 1``).
+    """
+    timesteps = schedule.timesteps
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be between 1 and the schedule's {timesteps} timesteps, got {steps}")
+    lam = log_snr(schedule.alphas_cumprod)  # (T,), decreasing in t
+    targets = torch.linspace(float(lam[0]), float(lam[-1]), steps, dtype=F64) if steps > 1 else lam[-1:]
+    chosen = (lam[None, :] - targets[:, None]).abs().argmin(dim=1) + 1
+    chosen[-1] = timesteps
+    return _strictly_increasing(chosen, timesteps)
+
+
+SCHEDULE_SPACINGS: dict[str, Callable[[NoiseSchedule, int], torch.Tensor]] = {
+    # Spacings that depend on the schedule itself, not only on the fraction of T.
+    "logsnr": respace_logsnr,
+}
+
+
 def respaced_alphas_cumprod(schedule: NoiseSchedule, steps: int, spacing: str = "uniform") -> torch.Tensor:
-    """alpha_bar at the respaced steps, with alpha_bar_0 = 1 prepended: ``(steps + 1,)`` float64, decreasing."""
-    chosen = respace(schedule.timesteps, steps, spacing)
+    """alpha_bar at the respaced steps, with alpha_bar_0 = 1 prepended: ``(steps + 1,)`` float64, decreasing.
+
+    ``spacing``: a fraction grid of :data:`SPACINGS` or a schedule-aware one of :data:`SCHEDULE_SPACINGS`.
+    """
+    if spacing in SCHEDULE_SPACINGS:
+        chosen = SCHEDULE_SPACINGS[spacing](schedule, steps)
+    elif spacing in SPACINGS:
+        chosen = respace(schedule.timesteps, steps, spacing)
+    else:
+        raise ValueError(f"unknown spacing '{spacing}': one of {', '.join([*SPACINGS, *SCHEDULE_SPACINGS])}")
     return torch.cat([torch.ones(1, dtype=F64), schedule.alphas_cumprod[chosen - 1]])

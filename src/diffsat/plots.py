@@ -1,0 +1,79 @@
+"""Figures: loss curves and denoising chains (the only module importing matplotlib)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from .data.transforms import to_uint8  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics yet (train first, or check the run directory)")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0].keys() if rows else [])}
+
+
+def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """Debiased exponential moving average (as TensorBoard's smoothing)."""
+    out, acc = np.empty_like(values), 0.0
+    for i, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
+
+
+def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Loss against step, log scale, raw and smoothed: ``RUN_DIR/loss.png``."""
+    run_dir = Path(run_dir)
+    m = read_metrics(run_dir)
+    out = Path(out) if out else run_dir / "loss.png"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(m.get("step", [])):
+        ax.plot(m["step"], m["loss"], alpha=0.35, lw=1, label="loss (mean per log interval)")
+        ax.plot(m["step"], smooth(m["loss"]), lw=2, label="smoothed")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title(run_dir.name)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_chain(frames: torch.Tensor, fractions: list[float], out: str | Path, title: str | None = None) -> Path:
+    """The denoising chain as one figure: a row per sample, a column per frame (x_T ... x_0).
+
+    ``frames``: (F, N, C, H, W) in [-1, 1]; ``fractions``: F values of t/T shown above the columns.
+    """
+    f, n = frames.shape[:2]
+    fig, axes = plt.subplots(n, f, figsize=(1.2 * f, 1.25 * n + 0.4), squeeze=False)
+    for col in range(f):
+        imgs = to_uint8(frames[col])
+        for row in range(n):
+            ax = axes[row][col]
+            img = imgs[row]
+            ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"t/T={fractions[col]:.1f}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,151 @@
+"""Generating images from a trained network: batching, per-sample seeds, chains, PNG output.
+
+The samplers in :mod:`diffsat.samplers` are pure functions over one batch; this module runs them over
+``n`` samples in batches with a progress bar. Sample ``i`` of a call with ``seed`` always uses the
+generator seeded ``seed + i`` for its starting noise and every later draw, so the images do not depend on
+``batch_size``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .config import Config
+from .data.transforms import to_uint8
+from .diffusion.objective import Denoiser
+from .diffusion.schedules import NoiseSchedule
+from .samplers.common import StepInfo, make_generators, randn_per_sample
+
+
+def schedule_of(config: Config) -> NoiseSchedule:
+    d = config.diffusion
+    return NoiseSchedule.named(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+
+
+@dataclass
+class SampleSettings:
+    """How to sample: which sampler, how many steps, precision and batching."""
+
+    sampler: str = "ancestral"
+    steps: int = 50
+    batch_size: int = 100
+    bf16: bool = True
+    channels_last: bool = True
+    clip_x0: bool = True
+
+
+def _sampler(name: str) -> Callable:
+    from . import samplers
+
+    return samplers.get_sampler(name)
+
+
+def prepare_net(net: torch.nn.Module, settings: SampleSettings) -> torch.nn.Module:
+    net = net.eval()
+    return net.to(memory_format=torch.channels_last) if settings.channels_last else net
+
+
+def generate(
+    net: torch.nn.Module,
+    config: Config,
+    n: int,
+    seed: int,
+    settings: SampleSettings,
+    *,
+    schedule: NoiseSchedule | None = None,
+    callback_factory: Callable[[int], Callable[[StepInfo], None] | None] | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
+
+    ``callback_factory(first_index)`` may return a per-batch step callback (used for chains).
+    """
+    net = prepare_net(net, settings)
+    denoiser = Denoiser(net, config.diffusion.objective, settings.clip_x0, settings.bf16)
+    schedule = schedule or schedule_of(config)
+    shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
+    sample_fn = _sampler(settings.sampler)
+    out = []
+    bar = tqdm(total=n, desc=f"sampling ({settings.sampler}, {settings.steps} steps)", unit="img", disable=not progress)
+    for start in range(0, n, settings.batch_size):
+        count = min(settings.batch_size, n - start)
+        generators = make_generators(seed, count, offset=start)
+        x = randn_per_sample(shape, generators)
+        if settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        callback = callback_factory(start) if callback_factory else None
+        x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback)
+        out.append(x0.float().clamp(-1, 1).contiguous())
+        bar.update(count)
+    bar.close()
+    return torch.cat(out)
+
+
+def chain_frames(
+    net: torch.nn.Module, config: Config, n: int, seed: int, settings: SampleSettings, frames: int = 11
+) -> tuple[torch.Tensor, list[float]]:
+    """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
+
+    Returns ``(frames, n, C, H, W)`` in [-1, 1] (x_T clamped for display) and the step fraction of each
+    frame (1.0 = pure noise, 0.0 = final image).
+    """
+    steps = settings.steps
+    wanted = {round(k * steps / (frames - 1)) for k in range(frames)}
+    captured: dict[int, torch.Tensor] = {}
+
+    def factory(first: int):
+        def callback(info: StepInfo) -> None:
+            if info.index in wanted:
+                captured.setdefault(info.index, []).append(info.x.float().clone())
+
+        return callback
+
+    start_noise = randn_per_sample(
+        (config.model.in_channels, config.model.image_size, config.model.image_size), make_generators(seed, n)
+    )
+    generate(net, config, n, seed, settings, callback_factory=factory, progress=False)
+    indices = sorted(wanted)
+    stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
+    return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]
+
+
+def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = "sample", start: int = 0) -> list[Path]:
+    """Write (N, C, H, W) images in [-1, 1] as ``prefix_00000.png`` ...; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(to_uint8(images)):
+        path = out_dir / f"{prefix}_{start + i:05d}.png"
+        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(path)
+        paths.append(path)
+    return paths
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
+    """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (rows*H, nrow*W, C) with white gutters."""
+    arr = to_uint8(images)  # (N, H, W, C)
+    n, h, w, c = arr.shape
+    rows = (n + nrow - 1) // nrow
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = arr[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
+    """Save a square-ish grid of images; ``scale`` enlarges small images (nearest) for viewing."""
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
+    grid = image_grid(images, nrow)
+    img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

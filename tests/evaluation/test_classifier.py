@@ -1,0 +1,129 @@
+"""Digit classifier: input handling, shapes, weights files, digit metrics, and real MNIST training (slow)."""
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffsat.evaluation import (
+    ClassifierError,
+    DigitClassifier,
+    default_classifier_path,
+    digit_metrics,
+    load_classifier,
+    to_classifier_input,
+    train_classifier,
+)
+from diffsat.evaluation.classifier import ARCH_VERSION, classifier_metadata, save_classifier
+
+
+@pytest.fixture(scope="module")
+def untrained() -> DigitClassifier:
+    torch.manual_seed(0)
+    return DigitClassifier().eval()
+
+
+def test_inputs_are_brought_to_28_px() -> None:
+    x28 = torch.rand(3, 1, 28, 28) * 2 - 1
+    padded = torch.nn.functional.pad(x28, (2, 2, 2, 2), value=-1.0)
+    torch.testing.assert_close(to_classifier_input(padded), x28)
+    assert to_classifier_input(x28[:, 0]).shape == (3, 1, 28, 28)
+    assert to_classifier_input(torch.zeros(2, 3, 64, 64)).shape == (2, 1, 28, 28)
+    with pytest.raises(ValueError):
+        to_classifier_input(torch.zeros(28, 28))
+
+
+@pytest.mark.parametrize("size", [28, 32, 64])
+def test_feature_and_probability_shapes(untrained: DigitClassifier, size: int) -> None:
+    x = torch.rand(5, 1, size, size) * 2 - 1
+    feats, probs = untrained.features(x, batch_size=2), untrained.predict_proba(x, batch_size=2)
+    assert feats.shape == (5, 128) and feats.dtype == torch.float32 and (feats >= 0).all()
+    assert probs.shape == (5, 10)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(5))
+    torch.testing.assert_close(untrained.features(x), feats)  # batching does not change results
+    assert not feats.requires_grad
+
+
+def test_missing_weights_say_how_to_train(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DIFFSAT_CACHE", str(tmp_path / "cache"))
+    assert default_classifier_path() == tmp_path / "cache" / "classifier" / "mnist_cnn.safetensors"
+    with pytest.raises(ClassifierError, match="diffsat evaluate --train-classifier"):
+        load_classifier()
+
+
+def test_weights_round_trip_with_metadata(untrained: DigitClassifier, tmp_path: Path) -> None:
+    path = save_classifier(untrained, tmp_path / "c.safetensors", 0.5, "ab" * 32, {"epochs": 3})
+    meta = classifier_metadata(path)
+    assert meta["arch_version"] == ARCH_VERSION and meta["test_accuracy"] == "0.500000" and meta["epochs"] == "3"
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    torch.testing.assert_close(load_classifier(path).predict_proba(x), untrained.predict_proba(x))
+    with pytest.raises(ClassifierError, match="trained on other"):
+        load_classifier(path, mnist_root=_fake_mnist_root(tmp_path))
+    other = save_classifier(untrained, tmp_path / "old.safetensors", 0.5, "00", {"arch_version": "mnist-cnn-v0"})
+    with pytest.raises(ClassifierError, match="architecture"):
+        load_classifier(other)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage")
+    with pytest.raises(ClassifierError, match="unreadable"):
+        load_classifier(tmp_path / "bad.safetensors")
+
+
+def _fake_mnist_root(tmp_path: Path) -> Path:
+    root = tmp_path / "mnist"
+    root.mkdir()
+    (root / "train-images-idx3-ubyte.gz").write_bytes(b"not the training images")
+    return root
+
+
+def test_digit_metrics_on_constructed_probabilities() -> None:
+    eye = torch.eye(10)
+    probs = torch.cat([eye.repeat(3, 1), torch.full((10, 10), 0.1)])  # 30 confident (3 per digit) + 10 uniform
+    m = digit_metrics(probs, threshold=0.9)
+    assert m["n"] == 40 and m["recognisable"] == pytest.approx(0.75)
+    assert m["histogram"] == [13] + [3] * 9  # uniform rows: argmax is class 0
+    assert m["recognisable_histogram"] == [3] * 10
+    assert m["classes_present"] == 10 and m["class_ratio"] == pytest.approx(13 / 3)
+    expected_entropy = -(13 / 40 * math.log(13 / 40) + 9 * 3 / 40 * math.log(3 / 40)) / math.log(10)
+    assert m["class_entropy"] == pytest.approx(expected_entropy)
+    assert m["mean_confidence"] == pytest.approx((30 + 1.0) / 40)
+
+    balanced = digit_metrics(np.eye(10)[np.arange(100) % 10])
+    assert balanced["class_entropy"] == pytest.approx(1.0) and balanced["class_ratio"] == 1.0
+    collapsed = digit_metrics(np.eye(10)[[7] * 20])
+    assert collapsed["classes_present"] == 1 and collapsed["class_entropy"] == 0.0
+    assert collapsed["class_ratio"] == math.inf and collapsed["histogram"][7] == 20
+    with pytest.raises(ValueError):
+        digit_metrics(np.ones((4, 9)))
+
+
+@pytest.mark.slow
+def test_train_on_real_mnist_reaches_99_percent(shared_data: Path, tmp_path: Path) -> None:
+    from diffsat.data.mnist import load_mnist_idx
+
+    root = shared_data / "mnist"
+    if not root.is_dir():
+        pytest.skip("../shared/data/mnist not found")
+    rng_state, threads, start = torch.random.get_rng_state(), torch.get_num_threads(), time.perf_counter()
+    model, accuracy = train_classifier(root, tmp_path / "cnn.safetensors", seed=0)
+    assert torch.equal(torch.random.get_rng_state(), rng_state) and torch.get_num_threads() == threads
+    print(f"\nclassifier: test accuracy {accuracy:.4f} in {time.perf_counter() - start:.0f} s")
+    assert accuracy >= 0.99
+
+    meta = classifier_metadata(tmp_path / "cnn.safetensors")
+    sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS.gz.txt").read_text().splitlines() if line.strip())
+    assert meta["train_images_sha256"] == sums["train-images-idx3-ubyte.gz"]
+    assert float(meta["test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+
+    loaded = load_classifier(tmp_path / "cnn.safetensors", mnist_root=root)
+    images, labels = load_mnist_idx(root, "test")
+    x = torch.from_numpy(images[:1000]).float().div(127.5).sub(1.0)[:, None]
+    probs = loaded.predict_proba(x)
+    torch.testing.assert_close(probs, model.predict_proba(x))
+    assert loaded.features(x).shape == (1000, 128)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)  # the 32 px MNIST of the diffusion models
+    torch.testing.assert_close(loaded.predict_proba(padded), probs)
+    m = digit_metrics(probs)
+    assert m["classes_present"] == 10 and m["recognisable"] > 0.95
+    assert (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= 0.98
