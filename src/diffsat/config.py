@@ -9,15 +9,19 @@ are checked the same way. The resolved config is written into every run director
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .errors import DiffsatError
+from .fileio import atomic_write_text
+
 SCHEDULE_NAMES = ("linear", "quad", "warmup10", "warmup50", "const", "jsd", "cosine")
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffsatError):
     """A config that cannot be used; the message is one line naming the file and key."""
 
 
@@ -81,7 +85,12 @@ class TrainConfig(_Section):
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    """``bf16``: bfloat16 autocast for the forward pass (weights, optimiser and EMA stay float32)."""
     channels_last: bool = False
+    device: str = "auto"
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch (``None``: torch's default, one per core)."""
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(1000, ge=1)
     sample_steps: int = Field(100, ge=1)
@@ -163,25 +172,57 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "-
     return out
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """Read a JSON file, with a one-line error naming the file, line and column on bad syntax."""
+_JSON_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``//`` and ``/* */`` comments outside JSON strings; newlines are kept so error lines still match.
+
+    >>> strip_json_comments('{"url": "http://x"} // note')
+    '{"url": "http://x"} '
+    """
+
+    def keep(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return token if token.startswith('"') else "\n" * token.count("\n")
+
+    return _JSON_TOKEN.sub(keep, text)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file (``//`` and ``/* */`` comments allowed, as in DDPM-CD's configs), with a one-line
+    error naming the file, line and column on bad syntax."""
     path = Path(path)
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a JSON config is expected)") from None
     try:
-        return json.loads(text)
+        return json.loads(strip_json_comments(text))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Load and validate a JSON config file, applying ``--set`` overrides first."""
-    data = apply_overrides(read_json(path), overrides or [])
-    return parse_config(data, source=str(path))
+def load_config(path: str | Path, overrides: list[str] | None = None, phase: str = "val") -> Config:
+    """Load and validate a config: our JSON, a DDPM-CD/SR3 JSON (detected by ``model.unet``, mapped onto
+    ours with the ``phase`` beta schedule), or a run directory (its ``config.json``).
+
+    ``overrides`` (``section.key=value``) apply to our form of the config, so they are validated the same way.
+    """
+    from .ddpmcd_config import config_from_ddpmcd, is_ddpmcd_config
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    data = read_json(path)
+    source = str(path)
+    if is_ddpmcd_config(data):
+        data, source = config_from_ddpmcd(data, source, phase).to_dict(), f"{path} (mapped from DDPM-CD)"
+    return parse_config(apply_overrides(data, overrides or []), source=source)
 
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config (every key, defaults included) as indented JSON."""
-    Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .data.transforms import to_uint8  # noqa: E402
+from .data.transforms import to_uint8_hwc  # noqa: E402
 
 
 def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ def plot_chain(frames: torch.Tensor, fractions: list[float], out: str | Path, ti
     f, n = frames.shape[:2]
     fig, axes = plt.subplots(n, f, figsize=(1.2 * f, 1.25 * n + 0.4), squeeze=False)
     for col in range(f):
-        imgs = to_uint8(frames[col])
+        imgs = to_uint8_hwc(frames[col])
         for row in range(n):
             ax = axes[row][col]
             img = imgs[row]

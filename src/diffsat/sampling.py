@@ -18,27 +18,31 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data.transforms import to_uint8
+from .data.transforms import to_uint8_hwc
 from .diffusion.objective import Denoiser
 from .diffusion.schedules import NoiseSchedule
+from .runtime import resolve_device
 from .samplers.common import StepInfo, make_generators, randn_per_sample
-
-
-def schedule_of(config: Config) -> NoiseSchedule:
-    d = config.diffusion
-    return NoiseSchedule.named(d.schedule, d.timesteps, d.beta_start, d.beta_end)
 
 
 @dataclass
 class SampleSettings:
-    """How to sample: which sampler, how many steps, precision and batching."""
+    """How to sample: which sampler, how many steps, precision, batching and device.
+
+    ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (on the 2-core
+    AVX512-BF16 machine of benchmarks/RESULTS.md, bf16 convolutions run at half the fp32 speed).
+    """
 
     sampler: str = "ancestral"
     steps: int = 50
     batch_size: int = 100
-    bf16: bool = True
+    bf16: bool | None = None
     channels_last: bool = True
     clip_x0: bool = True
+    device: str = "auto"
+
+    def use_bf16(self, device: torch.device) -> bool:
+        return self.bf16 if self.bf16 is not None else device.type == "cuda"
 
 
 def _sampler(name: str) -> Callable:
@@ -47,8 +51,8 @@ def _sampler(name: str) -> Callable:
     return samplers.get_sampler(name)
 
 
-def prepare_net(net: torch.nn.Module, settings: SampleSettings) -> torch.nn.Module:
-    net = net.eval()
+def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.device) -> torch.nn.Module:
+    net = net.eval().to(device)
     return net.to(memory_format=torch.channels_last) if settings.channels_last else net
 
 
@@ -67,9 +71,10 @@ def generate(
 
     ``callback_factory(first_index)`` may return a per-batch step callback (used for chains).
     """
-    net = prepare_net(net, settings)
-    denoiser = Denoiser(net, config.diffusion.objective, settings.clip_x0, settings.bf16)
-    schedule = schedule or schedule_of(config)
+    device = resolve_device(settings.device)
+    net = prepare_net(net, settings, device)
+    denoiser = Denoiser(net, config.diffusion.objective, settings.clip_x0, settings.use_bf16(device))
+    schedule = schedule or NoiseSchedule.from_config(config.diffusion)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
     sample_fn = _sampler(settings.sampler)
     out = []
@@ -77,19 +82,25 @@ def generate(
     for start in range(0, n, settings.batch_size):
         count = min(settings.batch_size, n - start)
         generators = make_generators(seed, count, offset=start)
-        x = randn_per_sample(shape, generators)
+        x = randn_per_sample(shape, generators, device)
         if settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         callback = callback_factory(start) if callback_factory else None
         x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback)
-        out.append(x0.float().clamp(-1, 1).contiguous())
+        out.append(x0.float().clamp(-1, 1).cpu().contiguous())
         bar.update(count)
     bar.close()
     return torch.cat(out)
 
 
 def chain_frames(
-    net: torch.nn.Module, config: Config, n: int, seed: int, settings: SampleSettings, frames: int = 11
+    net: torch.nn.Module,
+    config: Config,
+    n: int,
+    seed: int,
+    settings: SampleSettings,
+    frames: int = 11,
+    schedule: NoiseSchedule | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
@@ -103,14 +114,14 @@ def chain_frames(
     def factory(first: int):
         def callback(info: StepInfo) -> None:
             if info.index in wanted:
-                captured.setdefault(info.index, []).append(info.x.float().clone())
+                captured.setdefault(info.index, []).append(info.x.float().cpu().clone())
 
         return callback
 
     start_noise = randn_per_sample(
         (config.model.in_channels, config.model.image_size, config.model.image_size), make_generators(seed, n)
     )
-    generate(net, config, n, seed, settings, callback_factory=factory, progress=False)
+    generate(net, config, n, seed, settings, schedule=schedule, callback_factory=factory, progress=False)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
     return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]
@@ -120,7 +131,7 @@ def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = "sample", start
     """Write (N, C, H, W) images in [-1, 1] as ``prefix_00000.png`` ...; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, img in enumerate(to_uint8(images)):
+    for i, img in enumerate(to_uint8_hwc(images)):
         path = out_dir / f"{prefix}_{start + i:05d}.png"
         Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(path)
         paths.append(path)
@@ -129,7 +140,7 @@ def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = "sample", start
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (rows*H, nrow*W, C) with white gutters."""
-    arr = to_uint8(images)  # (N, H, W, C)
+    arr = to_uint8_hwc(images)  # (N, H, W, C)
     n, h, w, c = arr.shape
     rows = (n + nrow - 1) // nrow
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)

@@ -19,23 +19,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffsat.config import Config, ConfigError, save_config
+from diffsat.config import Config, ConfigError, load_config, save_config, strip_json_comments
+from diffsat.ddpmcd_config import check_unconditional, config_from_ddpmcd, is_conditional
 from diffsat.diffusion.schedules import NoiseSchedule, make_betas
 from diffsat.models.sr3_compat import (
     BUFFER_NAMES,
     CheckpointError,
     check_state_dict,
-    check_unconditional,
     compare_schedule,
-    config_from_ddpmcd,
     convert_checkpoint,
     detect_layout,
-    is_conditional,
-    load_config_any,
     load_model,
     map_key,
     safe_torch_load,
-    strip_json_comments,
     to_our_keys,
 )
 from diffsat.models.unet import build_unet, count_parameters
@@ -262,7 +258,7 @@ def ddpmcd_391m_config(tmp_path: Path, image_size: int = 256) -> Config:
     data = ddpmcd_config(unet, image_size=image_size, n_timestep=2000)
     for phase in ("train", "val"):
         data["model"]["beta_schedule"][phase] |= {"linear_start": 1e-6, "linear_end": 1e-2}
-    return load_config_any(write_commented_json(data, tmp_path / "ddpm_train.json"))
+    return load_config(write_commented_json(data, tmp_path / "ddpm_train.json"))
 
 
 def test_reference_391m_layout_matches_our_network(tmp_path: Path) -> None:
@@ -417,7 +413,7 @@ def test_convert_round_trip(tmp_path: Path, cfg: Config, layout: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the stored float32 schedule agrees with the config's
         direct, converted = load_model(src, cfg), load_model(run_dir)
-    assert converted.diffsat_config == cfg == load_config_any(run_dir / "config.json")
+    assert converted.diffsat_config == cfg == load_config(run_dir / "config.json")
     assert torch.equal(outputs(converted, cfg), outputs(direct, cfg))
     assert torch.equal(outputs(load_model(run_dir, ema=False), cfg), outputs(direct, cfg))
     assert torch.equal(converted.diffsat_schedule.alphas_cumprod, direct.diffsat_schedule.alphas_cumprod)
@@ -444,7 +440,7 @@ def test_strip_json_comments_keeps_strings() -> None:
 
 
 def test_ddpmcd_json_maps_onto_our_config(tmp_path: Path) -> None:
-    cfg = load_config_any(write_commented_json(ddpmcd_config(), tmp_path / "c.json"))
+    cfg = load_config(write_commented_json(ddpmcd_config(), tmp_path / "c.json"))
     m, d = cfg.model, cfg.diffusion
     assert (m.in_channels, m.out_channels, m.base_channels, m.channel_mults) == (3, 3, 32, (1, 2))
     assert (m.attn_resolutions, m.res_blocks, m.dropout, m.norm_groups, m.image_size) == ((8,), 1, 0.1, 8, 16)
@@ -459,9 +455,9 @@ def test_phase_and_overrides(tmp_path: Path) -> None:
     data = ddpmcd_config()
     data["model"]["beta_schedule"]["train"]["n_timestep"] = 2000
     path = write_commented_json(data, tmp_path / "c.json")
-    assert load_config_any(path).diffusion.timesteps == 100
+    assert load_config(path).diffusion.timesteps == 100
     assert config_from_ddpmcd(data, "c", phase="train").diffusion.timesteps == 2000
-    assert load_config_any(path, ["train.lr=3e-4"]).train.lr == 3e-4
+    assert load_config(path, ["train.lr=3e-4"]).train.lr == 3e-4
 
 
 def test_conditional_sr3_config(tmp_path: Path) -> None:
@@ -496,13 +492,13 @@ def test_ddpmcd_config_errors_are_one_line(tmp_path: Path, edit, pattern: str) -
     edit(data)
     path = write_commented_json(data, tmp_path / "bad.json")
     with pytest.raises(ConfigError, match=pattern) as err:
-        load_config_any(path)
+        load_config(path)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
-def test_load_config_any_reads_our_json(tmp_path: Path, cfg: Config) -> None:
+def test_load_config_reads_our_json(tmp_path: Path, cfg: Config) -> None:
     save_config(cfg, tmp_path / "ours.json")
-    assert load_config_any(tmp_path / "ours.json") == cfg
+    assert load_config(tmp_path / "ours.json") == cfg
     (tmp_path / "broken.json").write_text('{"model": {\n  "in_channels": 3,,\n}}')
     with pytest.raises(ConfigError, match=r"broken\.json: invalid JSON at line 2"):
-        load_config_any(tmp_path / "broken.json")
+        load_config(tmp_path / "broken.json")

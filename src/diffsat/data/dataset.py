@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from diffsat.config import DataConfig
+from diffsat.errors import DiffsatError
 
 
-class DataError(ValueError):
+class DataError(DiffsatError):
     """Data that cannot be loaded; the message is one line naming the file/folder and the fix."""
 
 

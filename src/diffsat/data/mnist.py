@@ -38,6 +38,7 @@ from PIL import Image
 from diffsat.config import DataConfig
 from diffsat.data.dataset import DataError, ImageDataset, progress_bar
 from diffsat.data.transforms import to_unit_range
+from diffsat.fileio import cache_dir, sha256_file
 
 Split = Literal["train", "test"]
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -282,14 +283,6 @@ def _load_bundled_split(root: Path | None, split: Split) -> Arrays:
 # ---------------------------------------------------------------------------------------------- download
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_verified(url: str, sha256: str, target: Path, timeout: float) -> None:
     """Stream ``url`` into a temporary file beside ``target``; move it into place only if the sum matches."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -336,7 +329,7 @@ def download_mnist(
     cache.mkdir(parents=True, exist_ok=True)
     for name, sha in MNIST_GZ_SHA256.items():
         target = cache / name
-        if not (target.is_file() and _sha256(target) == sha):
+        if not (target.is_file() and sha256_file(target) == sha):
             _download_one(name, target, mirrors, timeout)
     return cache
 
@@ -371,8 +364,7 @@ class MnistSource:
 
 def mnist_cache_dir() -> Path:
     """``$DIFFSAT_CACHE/mnist`` when set, else ``~/.cache/diffsat/mnist``."""
-    base = os.environ.get("DIFFSAT_CACHE")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "diffsat") / "mnist"
+    return cache_dir() / "mnist"
 
 
 def _offline() -> bool:

@@ -29,6 +29,11 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return x.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """Images ``(N, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(N, H, W, C)`` (the layout image files use)."""
+    return to_uint8(images).transpose(0, 2, 3, 1)
+
+
 def _coin(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``(n, 1, 1, 1)`` bool tensor, each True with probability 1/2, drawn from ``generator``."""
     draw = torch.rand(n, generator=generator, device=generator.device) < 0.5

@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ..config import DiffusionConfig
 
 F64 = torch.float64
 
@@ -69,6 +73,12 @@ class NoiseSchedule:
     @classmethod
     def named(cls, name: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> "NoiseSchedule":
         return cls.from_betas(make_betas(name, timesteps, beta_start, beta_end))
+
+    @classmethod
+    def from_config(cls, diffusion: "DiffusionConfig") -> "NoiseSchedule":
+        """The schedule a config's ``diffusion`` section describes."""
+        d = diffusion
+        return cls.named(d.schedule, d.timesteps, d.beta_start, d.beta_end)
 
     @property
     def timesteps(self) -> int:

@@ -9,9 +9,7 @@ the architecture version, the test accuracy and the SHA-256 of the training-imag
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffsat.errors import DiffsatError
+from diffsat.fileio import atomic_write, cache_dir, sha256_file
+from diffsat.runtime import cpu_has_bf16
+
 ARCH_VERSION = "mnist-cnn-v1"
 """Architecture tag stored in (and checked against) the weights file metadata."""
 
@@ -33,7 +35,7 @@ _TRAIN_IMAGES_NAMES = ("train-images-idx3-ubyte", "train-images.idx3-ubyte")
 _IDX_SUBDIRS = ("", "raw", "MNIST/raw")  # the layouts diffsat.data.mnist.load_mnist_idx accepts
 
 
-class ClassifierError(RuntimeError):
+class ClassifierError(DiffsatError):
     """The classifier weights are missing, unreadable, or of another architecture version."""
 
 
@@ -108,15 +110,6 @@ class DigitClassifier(nn.Module):
 # ----------------------------------------------------------------------------------------------- training
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _train_images_file(root: Path) -> Path:
     """The training-images idx file under ``root`` (gzipped or raw), whose SHA-256 goes into the metadata."""
     for sub in _IDX_SUBDIRS:
@@ -171,14 +164,6 @@ def _train_epoch(model, data, opt, sched, generator, batch_size: int, bar, use_b
 def evaluate_accuracy(model: DigitClassifier, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` (images in ``[-1, 1]``) whose argmax class equals ``y`` ``(N,)``."""
     return float((model.predict_proba(x).argmax(dim=1) == y).float().mean())
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16/AMX), so bf16 autocast is a speed-up."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _fit(model: DigitClassifier, train, epochs: int, batch_size: int, lr: float, seed: int, use_bf16: bool,
@@ -244,9 +229,7 @@ def train_classifier(
 
 def default_classifier_path() -> Path:
     """``$DIFFSAT_CACHE/classifier/mnist_cnn.safetensors`` (``DIFFSAT_CACHE`` defaults to ``~/.cache/diffsat``)."""
-    base = os.environ.get("DIFFSAT_CACHE")
-    cache = Path(base).expanduser() if base else Path.home() / ".cache" / "diffsat"
-    return cache / "classifier" / "mnist_cnn.safetensors"
+    return cache_dir() / "classifier" / "mnist_cnn.safetensors"
 
 
 def save_classifier(
@@ -261,11 +244,7 @@ def save_classifier(
     meta["train_images_sha256"] = train_images_sha256
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only; the cache is for reading by all runs
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def classifier_metadata(path: str | Path) -> dict[str, str]:

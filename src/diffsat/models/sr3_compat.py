@@ -15,31 +15,34 @@ JSON configs (with ``//`` comments) map onto our :class:`~diffsat.config.Config`
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
 import re
-import secrets
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from ..config import (
     SCHEDULE_NAMES,
     Config,
-    ConfigError,
     DiffusionConfig,
-    apply_overrides,
-    parse_config,
+    load_config,
     save_config,
 )
 from ..diffusion.schedules import F64, NoiseSchedule, make_betas
+from ..errors import CheckpointError
+from ..fileio import atomic_write
+from ..training.checkpoint import (
+    CONFIG_FILE,
+    EMA_FILE,
+    MODEL_FILE,
+    SCHEDULE_FILE,
+    WEIGHTS_FORMAT,
+)
 from .unet import build_unet
 
 Layout = Literal["ddpmcd", "sr3", "bare"]
@@ -60,213 +63,7 @@ BUFFER_NAMES = (
     "posterior_mean_coef1",
     "posterior_mean_coef2",
 )
-CONFIG_FILE, MODEL_FILE, EMA_FILE, SCHEDULE_FILE = (
-    "config.json",
-    "model.safetensors",
-    "ema.safetensors",
-    "schedule.safetensors",
-)
 WRAPPER_KEYS = ("state_dict", "model")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the one-line message names the file, the key and the likely fix."""
-
-
-# --------------------------------------------------------------------------------------------- configs
-
-_JSON_TOKEN = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
-
-
-def strip_json_comments(text: str) -> str:
-    """Remove ``//`` and ``/* */`` comments outside JSON strings; newlines are kept so error lines still match.
-
-    >>> strip_json_comments('{"url": "http://x"} // note')
-    '{"url": "http://x"} '
-    """
-
-    def keep(match: re.Match[str]) -> str:
-        token = match.group(0)
-        return token if token.startswith('"') else "\n" * token.count("\n")
-
-    return _JSON_TOKEN.sub(keep, text)
-
-
-def is_ddpmcd_config(data: Any) -> bool:
-    """True for a DDPM-CD/SR3 JSON config (it has ``model.unet``; ours never does)."""
-    model = data.get("model") if isinstance(data, dict) else None
-    return isinstance(model, dict) and isinstance(model.get("unet"), dict)
-
-
-# our (section, key) -> the DDPM-CD key it comes from (for error messages)
-def _foreign_keys(phase: str) -> dict[tuple[str, str], str]:
-    unet = {
-        "in_channels": "in_channel",
-        "out_channels": "out_channel",
-        "base_channels": "inner_channel",
-        "channel_mults": "channel_multiplier",
-        "attn_resolutions": "attn_res",
-        "res_blocks": "res_blocks",
-        "dropout": "dropout",
-        "norm_groups": "norm_groups",
-    }
-    sched = {"schedule": "schedule", "timesteps": "n_timestep",
-             "beta_start": "linear_start", "beta_end": "linear_end"}
-    keys = {("model", ours): f"model.unet.{theirs}" for ours, theirs in unet.items()}
-    keys |= {("diffusion", ours): f"model.beta_schedule.{phase}.{theirs}" for ours, theirs in sched.items()}
-    keys |= {("model", "image_size"): "model.diffusion.image_size",
-             ("data", "image_size"): "model.diffusion.image_size"}
-    keys |= {("data", "channels"): "model.diffusion.channels", ("diffusion", "loss"): "model.diffusion.loss"}
-    return keys
-
-
-def _section(data: dict[str, Any], dotted: str, source: str) -> dict[str, Any]:
-    node: Any = data
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict):
-        raise ConfigError(f"{source}: DDPM-CD config key '{dotted}': missing or not an object")
-    return node
-
-
-def _required(section: dict[str, Any], key: str, dotted: str, source: str) -> Any:
-    if key not in section:
-        raise ConfigError(f"{source}: DDPM-CD config key '{dotted}.{key}': missing")
-    return section[key]
-
-
-def _model_section(unet: dict[str, Any], image_size: Any, source: str) -> dict[str, Any]:
-    req = {k: _required(unet, k, "model.unet", source) for k in
-           ("in_channel", "out_channel", "inner_channel", "channel_multiplier", "attn_res", "res_blocks", "dropout")}
-    attn = req["attn_res"]
-    return {
-        "in_channels": req["in_channel"],
-        "out_channels": req["out_channel"],
-        "base_channels": req["inner_channel"],
-        "channel_mults": req["channel_multiplier"],
-        "attn_resolutions": attn if isinstance(attn, list) else [attn],
-        "res_blocks": req["res_blocks"],
-        "dropout": req["dropout"],
-        "norm_groups": unet.get("norm_groups") or 32,  # DDPM-CD define_G: absent or null -> 32
-        "image_size": image_size,
-    }
-
-
-def _diffusion_section(
-    schedule: dict[str, Any], diffusion: dict[str, Any], phase: str, source: str
-) -> dict[str, Any]:
-    dotted = f"model.beta_schedule.{phase}"
-    return {
-        "schedule": _required(schedule, "schedule", dotted, source),
-        "timesteps": _required(schedule, "n_timestep", dotted, source),
-        "beta_start": schedule.get("linear_start", 1e-4),  # make_beta_schedule's defaults
-        "beta_end": schedule.get("linear_end", 2e-2),
-        "objective": "eps",
-        "loss": diffusion.get("loss", "l1"),  # the original SR3 hard-codes loss_type='l1'
-    }
-
-
-def _is_conditional(diffusion: dict[str, Any], in_channel: Any, channels: Any) -> bool:
-    flag = diffusion.get("conditional")
-    return bool(flag) if flag is not None else in_channel != channels
-
-
-def _data_channels(model: dict[str, Any], diffusion: dict[str, Any], source: str) -> Any:
-    """``data.channels``: the image channels; for a conditional SR3 model the network input (2 x channels)."""
-    channels = _required(diffusion, "channels", "model.diffusion", source)
-    if _is_conditional(diffusion, model["in_channels"], channels):
-        return model["in_channels"]
-    if model["in_channels"] != channels:
-        raise ConfigError(
-            f"{source}: DDPM-CD config key 'model.unet.in_channel' ({model['in_channels']}) must equal "
-            f"'model.diffusion.channels' ({channels}) for an unconditional model (conditional is false)"
-        )
-    return channels
-
-
-def _check_network_kind(data: dict[str, Any], source: str) -> None:
-    kind = data["model"].get("which_model_G", "sr3")
-    if kind != "sr3":
-        raise ConfigError(
-            f"{source}: DDPM-CD config key 'model.which_model_G' is '{kind}': only the 'sr3' U-Net "
-            f"(sr3_modules/unet.py) maps onto diffsat's network"
-        )
-
-
-def _foreign_validation_error(err: ValidationError, phase: str, source: str) -> ConfigError:
-    first = err.errors()[0]
-    loc = tuple(str(p) for p in first["loc"])
-    key = _foreign_keys(phase).get(loc[:2]) if len(loc) >= 2 else None
-    where = f"DDPM-CD config key '{key}'" if key else f"config key '{'.'.join(loc) or '(top level)'}'"
-    return ConfigError(f"{source}: {where}: {first['msg']} (while mapping the DDPM-CD config)")
-
-
-def config_from_ddpmcd(data: dict[str, Any], source: str = "<ddpm-cd config>", phase: str = "val") -> Config:
-    """Map a DDPM-CD/SR3 JSON config onto our :class:`Config`.
-
-    ``model`` from ``model.unet`` + ``model.diffusion.image_size``; ``diffusion`` from
-    ``model.beta_schedule[phase]`` (objective ``eps``, loss from ``model.diffusion.loss``); ``data`` a folder
-    with ``channels = model.diffusion.channels`` (for a conditional SR3 model: ``in_channel``, so
-    ``model.in_channels != model.out_channels``, see :func:`check_unconditional`). Other keys are ignored.
-    """
-    _check_network_kind(data, source)
-    unet, diffusion = _section(data, "model.unet", source), _section(data, "model.diffusion", source)
-    schedule = _section(data, f"model.beta_schedule.{phase}", source)
-    image_size = _required(diffusion, "image_size", "model.diffusion", source)
-    model = _model_section(unet, image_size, source)
-    out = {
-        "model": model,
-        "diffusion": _diffusion_section(schedule, diffusion, phase, source),
-        "data": {"path": None, "kind": "folder", "image_size": image_size,
-                 "channels": _data_channels(model, diffusion, source)},
-    }
-    try:
-        return Config.model_validate(out)
-    except ValidationError as err:
-        raise _foreign_validation_error(err, phase, source) from None
-
-
-def _read_commented_json(path: Path) -> Any:
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, IsADirectoryError):
-        raise ConfigError(f"{path}: config file not found") from None
-    try:
-        return json.loads(strip_json_comments(text))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-
-
-def load_config_any(path: str | Path, overrides: list[str] | None = None, phase: str = "val") -> Config:
-    """Read our JSON config or a DDPM-CD/SR3 one (detected by ``model.unet``); a run directory reads its config.json.
-
-    ``overrides`` (``section.key=value``) apply to our config, after mapping for a DDPM-CD one.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONFIG_FILE
-    data = _read_commented_json(path)
-    if is_ddpmcd_config(data):
-        mapped = config_from_ddpmcd(data, str(path), phase)
-        if not overrides:
-            return mapped
-        data, path = mapped.to_dict(), Path(f"{path} (mapped from DDPM-CD)")
-    return parse_config(apply_overrides(data, overrides or []), source=str(path))
-
-
-def is_conditional(cfg: Config) -> bool:
-    """A conditional SR3 model takes the condition image concatenated to x_t: in_channels != out_channels."""
-    return cfg.model.in_channels != cfg.model.out_channels
-
-
-def check_unconditional(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for a conditional (SR3 super-resolution) model: diffsat cannot sample it."""
-    if is_conditional(cfg):
-        m = cfg.model
-        raise ConfigError(
-            f"this is a conditional SR3 model (in_channels {m.in_channels} = condition image + x_t, out_channels "
-            f"{m.out_channels}): diffsat samples unconditional models only (DDPM-CD's generator is unconditional)"
-        )
 
 
 # ------------------------------------------------------------------------------------------------ keys
@@ -544,13 +341,12 @@ def _resolve_config(config: Config | str | Path | None, source: Path) -> Config:
         raise CheckpointError(
             f"{source}: a weights file carries no network description: pass --config CONFIG.json "
             f"(a diffsat config or the DDPM-CD/SR3 JSON the weights were trained with)")
-    return config if isinstance(config, Config) else load_config_any(config)
+    return config if isinstance(config, Config) else load_config(config)
 
 
 def _schedule(cfg: Config, buffers: Mapping[str, torch.Tensor], source: str) -> NoiseSchedule:
     if not buffers:
-        d = cfg.diffusion
-        return NoiseSchedule.named(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+        return NoiseSchedule.from_config(cfg.diffusion)
     message = compare_schedule(buffers, cfg.diffusion)
     if message:
         warnings.warn(f"{source}: {message}", stacklevel=4)  # the caller of load_model
@@ -602,24 +398,6 @@ def load_model(checkpoint: str | Path, config: Config | str | Path | None = None
 # --------------------------------------------------------------------------------------------- convert
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then ``os.replace`` it into place.
-
-    The file gets mode 0o666 minus the umask, as a plain ``open`` would (``mkstemp`` and safetensors'
-    writer leave 0o600).
-    """
-    tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    mode = os.stat(tmp).st_mode & 0o777
-    try:
-        write(tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _ordered_for_save(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> StateDict:
     """Weights in the network's key order; only non-contiguous tensors are copied."""
     return {k: weights[k] if weights[k].is_contiguous() else weights[k].contiguous() for k in model.state_dict()}
@@ -650,10 +428,10 @@ def convert_checkpoint(src: str | Path, config: Config | str | Path | None, out_
         model = build_unet(cfg.model)
     check_state_dict(model, weights, str(src))
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"format": "diffsat-unet-v1", "source": src.name}
-    _atomic_write(out / EMA_FILE, lambda p: save_file(_ordered_for_save(model, weights), p, metadata=meta))
-    _atomic_write(out / MODEL_FILE, lambda p: shutil.copyfile(out / EMA_FILE, p))
+    meta = {"format": WEIGHTS_FORMAT, "source": src.name}
+    atomic_write(out / EMA_FILE, lambda p: save_file(_ordered_for_save(model, weights), p, metadata=meta))
+    atomic_write(out / MODEL_FILE, lambda p: shutil.copyfile(out / EMA_FILE, p))
     if buffers:
-        _atomic_write(out / SCHEDULE_FILE, lambda p: save_file(_schedule_tensors(buffers), p, metadata=meta))
-    _atomic_write(out / CONFIG_FILE, lambda p: save_config(cfg, p))
+        atomic_write(out / SCHEDULE_FILE, lambda p: save_file(_schedule_tensors(buffers), p, metadata=meta))
+    atomic_write(out / CONFIG_FILE, lambda p: save_config(cfg, p))
     return out

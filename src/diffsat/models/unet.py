@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import DiffsatError
 from .layers import Block, Downsample, PositionalEncoding, ResnetBlockWithAttn, Upsample
 
 
-class ModelShapeError(ValueError):
+class ModelShapeError(DiffsatError):
     """The configured or given image size / channels cannot pass through the network."""
 
 

@@ -8,33 +8,23 @@ checkpoint intact. The three files carry the same ``step``; a mismatch on load i
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-MODEL_FILE, EMA_FILE, STATE_FILE, CONFIG_FILE = "model.safetensors", "ema.safetensors", "train_state.pt", "config.json"
+from ..errors import CheckpointError
+from ..fileio import atomic_write
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the fix."""
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` for a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "train_state.pt"
+SCHEDULE_FILE = "schedule.safetensors"
+"""Written by ``diffsat convert`` when a foreign checkpoint carries its own noise-schedule buffers."""
+WEIGHTS_FORMAT = "diffsat-unet-v1"
 
 
 def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,7 +33,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module, state: dict[str, Any]) -> None:
     """Write model, EMA and train state for ``state["step"]`` atomically into ``run_dir``."""
-    meta = {"step": str(state["step"]), "format": "diffsat-unet-v1"}
+    meta = {"step": str(state["step"]), "format": WEIGHTS_FORMAT}
     atomic_write(run_dir / MODEL_FILE, lambda p: save_file(_weights(model), p, metadata=meta))
     atomic_write(run_dir / EMA_FILE, lambda p: save_file(_weights(ema), p, metadata=meta))
     atomic_write(run_dir / STATE_FILE, lambda p: torch.save(state, p))

@@ -22,10 +22,13 @@ from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..models.unet import build_unet
+from ..runtime import resolve_device
 from . import checkpoint as ckpt
 from .ema import EMA
+from .throughput import train_step_flops
 
-METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "elapsed_s"]
+METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "gflops", "elapsed_s"]
+"""Columns of ``metrics.csv``: ``loss`` is the mean over the log interval, ``gflops`` the achieved GFLOP/s."""
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -85,22 +88,27 @@ class Trainer:
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, dataset: ImageDataset | None = None):
         self.config, self.run_dir = config, Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.train.seed)
-        self.dataset = dataset if dataset is not None else load_dataset(config.data)
-        self.model = build_unet(config.model)
         tc = config.train
+        self.device = resolve_device(tc.device)
+        if tc.threads is not None:
+            torch.set_num_threads(tc.threads)
+        self.dataset = dataset if dataset is not None else load_dataset(config.data)
+        self.images = self.dataset.images.to(self.device)
+        torch.manual_seed(tc.seed)
+        self.model = build_unet(config.model).to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         dc = config.diffusion
-        self.schedule = NoiseSchedule.named(dc.schedule, dc.timesteps, dc.beta_start, dc.beta_end)
+        self.schedule = NoiseSchedule.from_config(dc)
         self.loss_fn = DiffusionLoss(self.schedule, dc.objective, dc.loss, dc.min_snr_gamma)
         self.step, self.elapsed_s = 0, 0.0
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
         save_config(config, self.run_dir / ckpt.CONFIG_FILE)
+        self.flops_per_image = 0.0
         self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if resume else None)
 
     def _resume(self) -> None:
@@ -124,35 +132,48 @@ class Trainer:
         tc = self.config.train
         idx = batch_indices(len(self.dataset), tc.batch_size, self.step, tc.seed)
         generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 1)
-        x = augment(self.dataset.images[idx], self.config.data, generator)
+        x = augment(self.images[idx.to(self.device)], self.config.data, generator)
         return x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
 
-    def train_step(self) -> tuple[float, float]:
-        """One optimiser step; returns (loss, gradient norm before clipping)."""
+    def forward_loss(self) -> torch.Tensor:
+        """The loss of the current step's batch (forward pass only; all draws seeded by (seed, step))."""
         tc = self.config.train
         seed = step_seed(tc.seed, self.step)
         torch.manual_seed(seed)  # dropout draws from the global generator
         generator = torch.Generator().manual_seed(seed)
         x = self.next_batch()
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+            return self.loss_fn(self.model, x, generator)["loss"]
+
+    def measure_flops(self) -> float:
+        """FLOP per training image of one step (forward + backward), counted once; gradients are discarded."""
+        flops = train_step_flops(self.forward_loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.flops_per_image = flops / self.config.train.batch_size
+        return self.flops_per_image
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimiser step; returns (loss, gradient norm before clipping)."""
+        tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
-        self.model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            out = self.loss_fn(self.model, x, generator)
+        loss = self.forward_loss()
         self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        loss.backward()
         max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
-        return float(out["loss"]), float(grad_norm)
+        return loss.item(), grad_norm.item()
 
     def sample_grid(self, path: Path, n: int = 9) -> None:
         """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
         from ..sampling import SampleSettings, generate, save_grid
 
-        settings = SampleSettings(steps=self.config.train.sample_steps, bf16=self.config.train.precision == "bf16")
+        tc = self.config.train
+        settings = SampleSettings(steps=tc.sample_steps, bf16=tc.precision == "bf16", device=str(self.device))
         images = generate(self.ema.model, self.config, n, seed=1234, settings=settings, progress=False)
         save_grid(images, path, scale=4 if self.config.model.image_size <= 64 else 1)
 
@@ -161,6 +182,7 @@ class Trainer:
         tc = self.config.train
         limit_s = tc.time_limit_minutes * 60 if tc.time_limit_minutes else math.inf
         stopped_by, losses, window = "max_steps", [], []
+        self.measure_flops()
         bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step", disable=not progress)
         tick, tick_step = time.perf_counter(), self.step
         while self.step < tc.max_steps:
@@ -181,8 +203,9 @@ class Trainer:
             if self.step % tc.log_every == 0:
                 now = time.perf_counter()
                 ips = (self.step - tick_step) * tc.batch_size / max(now - tick, 1e-9)
-                row = {"step": self.step, "loss": sum(window) / len(window), "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps),
-                       "grad_norm": grad_norm, "images_per_s": ips, "elapsed_s": self.elapsed_s}
+                row = {"step": self.step, "loss": sum(window) / len(window),
+                       "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps), "grad_norm": grad_norm,
+                       "images_per_s": ips, "gflops": ips * self.flops_per_image / 1e9, "elapsed_s": self.elapsed_s}
                 self.metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
                 window, tick, tick_step = [], now, self.step

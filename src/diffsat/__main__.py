@@ -1,0 +1,8 @@
+"""``python -m diffsat`` (also under ``torchrun ... -m diffsat train``)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``diffsat sample``: draw images from a run directory or a foreign checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..samplers import SAMPLERS
+from .common import add_device, add_parser, positive_int
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the network comes from and how it is run (shared by ``sample`` and ``chain``)."""
+    p.add_argument("checkpoint", help="run directory, DDPM-CD/SR3 *_gen.pth, or .safetensors weights")
+    p.add_argument("--config", help="config for a weights file (ours, or the DDPM-CD/SR3 JSON it came with)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral", help="default: ancestral")
+    p.add_argument("--steps", type=positive_int, default=100, help="network evaluations (default: 100)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="bf16 autocast; auto = bf16 on CUDA, fp32 on CPU (faster there, see benchmarks)")
+    add_device(p)
+
+
+def settings_from(args: argparse.Namespace):
+    from ..sampling import SampleSettings
+
+    bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
+    return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device)
+
+
+def load_network(args: argparse.Namespace):
+    from ..models.sr3_compat import load_model
+
+    return load_model(args.checkpoint, args.config, ema=not args.no_ema)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = add_parser(
+        subparsers,
+        "sample",
+        "Generate images: one PNG per sample plus a grid.",
+        "diffsat sample runs/mnist --out samples/mnist --n 500 --sampler ancestral --steps 100 --seed 0",
+    )
+    add_model_arguments(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--n", type=positive_int, default=9, help="number of images (default: 9)")
+    p.add_argument("--grid", type=positive_int, default=3, help="grid.png holds the first GRID x GRID images (default: 3)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sampling import generate, save_grid, save_pngs
+
+    net = load_network(args)
+    config, schedule = net.diffsat_config, net.diffsat_schedule
+    start = time.perf_counter()
+    images = generate(net, config, args.n, args.seed, settings_from(args), schedule=schedule)
+    seconds = time.perf_counter() - start
+    save_pngs(images, args.out)
+    shown = images[: args.grid * args.grid]
+    save_grid(shown, args.out / "grid.png", nrow=args.grid, scale=max(1, 128 // config.model.image_size))
+    print(f"{args.n} images in {seconds:.1f} s ({seconds / args.n:.3f} s/image) -> {args.out}")
+    return 0

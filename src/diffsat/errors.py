@@ -1,0 +1,15 @@
+"""The error types users see. Each message is one line naming the file or key and the fix.
+
+The command line catches :class:`DiffsatError` and prints its message with exit status 2; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class DiffsatError(ValueError):
+    """Base of every user-facing error: bad config, data, checkpoint or shape."""
+
+
+class CheckpointError(DiffsatError):
+    """A checkpoint that cannot be used; the message names the file, the key and the likely fix."""
