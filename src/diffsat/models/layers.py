@@ -4,12 +4,15 @@ Module and parameter names mirror DDPM-CD's ``sr3_modules/unet.py`` so that its 
 map alone. The maths each block relies on (cited so tests can check it by hand):
 
 - noise-level embedding: ``e_k = level * exp(-ln(1e4) * k / half)``, ``k = 0..half-1``, output
-  ``[sin(e), cos(e)]`` (SR3, Saharia et al. 2021, after WaveGrad's continuous conditioning);
+  ``[sin(e), cos(e)]`` (SR3, Saharia et al. 2021, after WaveGrad's continuous conditioning), then the
+  noise-level MLP ``Linear(C, 4C) -> Swish -> Linear(4C, C)`` (``noise_level_mlp.{1,3}``);
 - FeatureWiseAffine: ``h + Linear(embedding)`` broadcast over H, W (additive, no scale);
 - Block: GroupNorm -> Swish (x * sigmoid(x)) -> Dropout (only if p > 0, else Identity) -> Conv 3x3;
 - ResnetBlock: ``block2(block1(x) + affine(emb)) + res_conv(x)`` with a 1x1 ``res_conv`` when channels change;
 - SelfAttention: one head, ``softmax(q^T k / sqrt(C)) v`` over all H*W positions, plus the input;
-- Upsample: nearest-neighbour x2 then Conv 3x3; Downsample: Conv 3x3 with stride 2.
+- Upsample: nearest-neighbour x2 then Conv 3x3; Downsample: Conv 3x3 with stride 2;
+- U-Net skips: every ``init_conv``/``downs`` output is pushed on a stack; each ``ups`` res block takes
+  ``cat((x, stack.pop()), dim=1)`` (current features first, then the skip).
 """
 
 from __future__ import annotations
