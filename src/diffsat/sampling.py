@@ -1,9 +1,10 @@
 """Generating images from a trained network: batching, per-sample seeds, chains, PNG output.
 
 The samplers in :mod:`diffsat.samplers` are pure functions over one batch; this module runs them over
-``n`` samples in batches with a progress bar. Sample ``i`` of a call with ``seed`` always uses the
-generator seeded ``seed + i`` for its starting noise and every later draw, so the images do not depend on
-``batch_size``.
+``n`` samples in batches with a progress bar that advances once per sampler step (one network evaluation),
+so a large network shows progress long before its first image is done. Sample ``i`` of a call with ``seed``
+always uses the generator seeded ``seed + i`` for its starting noise and every later draw, so the images do
+not depend on ``batch_size``. Everything runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .data.transforms import to_uint8_hwc
 from .diffusion.objective import Denoiser
 from .diffusion.schedules import NoiseSchedule
 from .runtime import resolve_device
-from .samplers.common import StepInfo, make_generators, randn_per_sample
+from .samplers.common import Callback, StepInfo, make_generators, randn_per_sample
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SampleSettings:
 
     ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (on the 2-core
     AVX512-BF16 machine of benchmarks/RESULTS.md, bf16 convolutions run at half the fp32 speed).
+    ``compile``: run the network through ``torch.compile`` (inductor); the first call compiles for minutes on
+    a CPU, so it pays only over long runs.
     """
 
     sampler: str = "ancestral"
@@ -40,6 +43,7 @@ class SampleSettings:
     channels_last: bool = True
     clip_x0: bool = True
     device: str = "auto"
+    compile: bool = False
 
     def use_bf16(self, device: torch.device) -> bool:
         return self.bf16 if self.bf16 is not None else device.type == "cuda"
@@ -52,8 +56,22 @@ def _sampler(name: str) -> Callable:
 
 
 def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.device) -> torch.nn.Module:
+    """The network in eval mode on ``device`` (channels_last, compiled, as ``settings`` ask)."""
     net = net.eval().to(device)
-    return net.to(memory_format=torch.channels_last) if settings.channels_last else net
+    if settings.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return torch.compile(net) if settings.compile else net
+
+
+def _with_progress(bar: tqdm, callback: Callback | None) -> Callback:
+    """A step callback that calls ``callback`` (if any) then advances ``bar`` by one step."""
+
+    def step(info: StepInfo) -> None:
+        if callback is not None:
+            callback(info)
+        bar.update(1)
+
+    return step
 
 
 def generate(
@@ -64,12 +82,15 @@ def generate(
     settings: SampleSettings,
     *,
     schedule: NoiseSchedule | None = None,
-    callback_factory: Callable[[int], Callable[[StepInfo], None] | None] | None = None,
+    callback_factory: Callable[[int], Callback | None] | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
 
-    ``callback_factory(first_index)`` may return a per-batch step callback (used for chains).
+    ``callback_factory(first_index)`` may return a per-batch step callback (used for chains). The progress
+    bar counts sampler steps over all batches (``ceil(n / batch_size) * steps``) and shows images done.
+    The network is prepared outside inference mode (its parameters stay ordinary tensors, e.g. for EMA
+    updates) and the returned tensor is an ordinary tensor.
     """
     device = resolve_device(settings.device)
     net = prepare_net(net, settings, device)
@@ -77,20 +98,23 @@ def generate(
     schedule = schedule or NoiseSchedule.from_config(config.diffusion)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
     sample_fn = _sampler(settings.sampler)
+    batches = -(-n // settings.batch_size)
+    desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.sampler}, {settings.steps} steps)"
     out = []
-    bar = tqdm(total=n, desc=f"sampling ({settings.sampler}, {settings.steps} steps)", unit="img", disable=not progress)
-    for start in range(0, n, settings.batch_size):
-        count = min(settings.batch_size, n - start)
-        generators = make_generators(seed, count, offset=start)
-        x = randn_per_sample(shape, generators, device)
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        callback = callback_factory(start) if callback_factory else None
-        x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback)
-        out.append(x0.float().clamp(-1, 1).cpu().contiguous())
-        bar.update(count)
-    bar.close()
-    return torch.cat(out)
+    bar = tqdm(total=batches * settings.steps, desc=desc, unit="step", disable=not progress)
+    with bar, torch.inference_mode():
+        bar.set_postfix(images=f"0/{n}")
+        for start in range(0, n, settings.batch_size):
+            count = min(settings.batch_size, n - start)
+            generators = make_generators(seed, count, offset=start)
+            x = randn_per_sample(shape, generators, device)
+            if settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
+            x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback)
+            out.append(x0.float().clamp(-1, 1).cpu().contiguous())
+            bar.set_postfix(images=f"{start + count}/{n}")
+    return torch.cat(out)  # outside inference mode: an ordinary tensor
 
 
 def chain_frames(
@@ -101,6 +125,7 @@ def chain_frames(
     settings: SampleSettings,
     frames: int = 11,
     schedule: NoiseSchedule | None = None,
+    progress: bool = False,
 ) -> tuple[torch.Tensor, list[float]]:
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
@@ -121,7 +146,7 @@ def chain_frames(
     start_noise = randn_per_sample(
         (config.model.in_channels, config.model.image_size, config.model.image_size), make_generators(seed, n)
     )
-    generate(net, config, n, seed, settings, schedule=schedule, callback_factory=factory, progress=False)
+    generate(net, config, n, seed, settings, schedule=schedule, callback_factory=factory, progress=progress)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
     return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]

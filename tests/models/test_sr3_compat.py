@@ -502,3 +502,68 @@ def test_load_config_reads_our_json(tmp_path: Path, cfg: Config) -> None:
     (tmp_path / "broken.json").write_text('{"model": {\n  "in_channels": 3,,\n}}')
     with pytest.raises(ConfigError, match=r"broken\.json: invalid JSON at line 2"):
         load_config(tmp_path / "broken.json")
+
+
+# ----------------------------------------------------------------------------- command line (convert,
+# sample, chain on DDPM-CD files and converted run directories)
+
+
+def cli(*argv: object) -> int:
+    from diffsat.cli import main
+
+    return main([str(a) for a in argv])
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("sample_*.png"))}
+
+
+def test_cli_convert_then_sample_and_chain_the_run_dir(tmp_path: Path, capsys) -> None:
+    src = save_layout(tmp_path, small_config(), "ddpmcd")
+    json_path = write_commented_json(ddpmcd_config(), tmp_path / "ddpm_train.json")
+    assert cli("convert", src, "--config", json_path, "--out", tmp_path / "run") == 0
+    assert "converted" in capsys.readouterr().out
+    common = ["--sampler", "dpm++", "--steps", 20, "--n", 2, "--seed", 3, "--device", "cpu"]
+    assert cli("sample", tmp_path / "run", "--out", tmp_path / "a", *common) == 0
+    out, err = capsys.readouterr()
+    assert "s/image" in out and "20/20" in err and "step" in err  # per-step bar: one batch of 20 steps
+    assert cli("sample", src, "--config", json_path, "--out", tmp_path / "b", *common) == 0
+    assert pngs(tmp_path / "a") == pngs(tmp_path / "b") and len(pngs(tmp_path / "a")) == 2
+    assert cli("chain", tmp_path / "run", "--out", tmp_path / "chain.png", "--sampler", "dpm++", "--steps", 20,
+               "--frames", 5, "--device", "cpu") == 0
+    assert (tmp_path / "chain.png").stat().st_size > 0 and "20/20" in capsys.readouterr().err
+
+
+def test_cli_reports_schedule_mismatch_and_samples_with_the_files_schedule(tmp_path: Path, capsys) -> None:
+    src = save_layout(tmp_path, small_config(), "ddpmcd")  # linear, T = 100 in the file's buffers
+    matching = write_commented_json(ddpmcd_config(), tmp_path / "matching.json")
+    other = write_commented_json(ddpmcd_config(schedule="cosine", n_timestep=1000), tmp_path / "cosine.json")
+    common = ["--sampler", "ddim", "--steps", 5, "--n", 2, "--device", "cpu"]
+    assert cli("sample", src, "--config", matching, "--out", tmp_path / "a", *common) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert cli("sample", src, "--config", other, "--out", tmp_path / "b", *common) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffsat: warning:")]
+    assert len(warning) == 1 and "noise schedule mismatch" in warning[0]
+    assert "linear (T=100" in warning[0] and "cosine (T=1000" in warning[0]
+    assert pngs(tmp_path / "a") == pngs(tmp_path / "b")  # the file's schedule was used, not the config's
+
+
+def test_cli_refuses_malicious_pickle_in_one_line(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "PWNED"
+    _save_pickle({"denoise_fn.init_conv.weight": torch.zeros(1), "x": _SystemPayload(marker)},
+                 tmp_path / "evil_gen.pth", "torch")
+    json_path = write_commented_json(ddpmcd_config(), tmp_path / "c.json")
+    assert cli("convert", tmp_path / "evil_gen.pth", "--config", json_path, "--out", tmp_path / "run") == 2
+    assert cli("sample", tmp_path / "evil_gen.pth", "--config", json_path, "--out", tmp_path / "s") == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("diffsat: error:") and "refused for safety" in ln for ln in lines)
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def test_cli_convert_names_the_mismatching_key(tmp_path: Path, capsys) -> None:
+    src = save_layout(tmp_path, small_config(), "sr3")
+    wrong = write_commented_json(ddpmcd_config(SMALL_UNET | dict(channel_multiplier=[1, 4])), tmp_path / "c.json")
+    assert cli("convert", src, "--config", wrong, "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("diffsat: error:")
+    assert re.search(r"key 'downs\.\d+\.\S+' has shape \(.*\) in the checkpoint but the config builds \(", err)

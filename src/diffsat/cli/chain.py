@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         raise DiffsatError(f"--frames must be between 2 and --steps + 1 ({args.steps + 1}), got {args.frames}")
     net = load_network(args)
     frames, fractions = chain_frames(net, net.diffsat_config, args.n, args.seed, settings_from(args),
-                                     frames=args.frames, schedule=net.diffsat_schedule)
+                                     frames=args.frames, schedule=net.diffsat_schedule, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{args.sampler}, {args.steps} steps, seed {args.seed}"
     plot_chain(frames, fractions, args.out, title=title)

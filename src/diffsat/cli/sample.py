@@ -21,6 +21,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast; auto = bf16 on CUDA, fp32 on CPU (faster there, see benchmarks)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile; compiling is slow on a CPU (minutes for "
+                        "the 391M model, needs a C++ compiler) and pays only over many steps")
     add_device(p)
 
 
@@ -28,7 +31,8 @@ def settings_from(args: argparse.Namespace):
     from ..sampling import SampleSettings
 
     bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
-    return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device)
+    return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device,
+                          compile=args.compile)
 
 
 def load_network(args: argparse.Namespace):
