@@ -57,20 +57,51 @@ class DiffusionConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Where images come from and how they are shaped."""
+    """Where images come from, how they are held in memory, and how each batch is cropped and augmented.
+
+    Tiles are decoded once and held in memory at ``load_size`` (default: ``image_size``, or the stored
+    tile size when ``random_crop`` is on); every training batch is then cut to ``image_size``: a random
+    crop per image with ``random_crop``, else the centre. A 64 px crop of a 128 px tile keeps the ground
+    resolution (m/px) and shows a quarter of the tile; resizing to 64 px shows all of it at half the detail.
+    """
 
     path: str | None = None
-    """MNIST idx folder / PNG class folder / image folder. ``None`` for kind ``mnist``: the default source."""
-    kind: Literal["mnist", "folder"] = "mnist"
+    """MNIST idx folder / PNG class folder / image folder / LEVIR-CD root (with A/, B/, list/).
+    ``None`` for kind ``mnist``: the default source."""
+    kind: Literal["mnist", "folder", "levir"] = "mnist"
     split: Literal["train", "test"] = "train"
+    """MNIST only: training or test digits."""
     limit: int | None = Field(None, ge=1)
-    """Take the first N images (in file order) so runs are comparable."""
+    """Take the first N readable images (in file order) so runs are comparable."""
     image_size: int = Field(28, ge=1)
+    """Side of the training images (the model's input); must equal ``model.image_size``."""
     channels: int = Field(1, ge=1)
+    load_size: int | None = Field(None, ge=1)
+    """Side the decoded tiles are held at (``>= image_size``). ``None``: ``image_size``, or with
+    ``random_crop`` the stored size of the tiles (the most common size in the selection)."""
+    random_crop: bool = False
+    """Train on a random ``image_size`` crop of each held tile (per image, per step) instead of its centre."""
+    on_size_mismatch: Literal["crop", "resize", "skip"] = "crop"
+    """Images whose size differs from the most common one: ``crop`` their centre to that size (keeps the
+    m/px scale; smaller images are skipped), ``resize`` (centre square, then resample) or ``skip``.
+    Each such image is named in a warning."""
+    levir_images: Literal["A", "B", "both"] = "both"
+    """LEVIR-CD: the ``A/`` (before) images, the ``B/`` (after) images, or both (labels 0 = A, 1 = B)."""
+    levir_list: str | None = None
+    """LEVIR-CD: a list file in ``list/`` (``train``, ``val``, ``test``, ``demo``; ``.txt`` optional) naming
+    the images to take; ``None`` takes every image in ``A/`` / ``B/``."""
     hflip: bool = False
     vflip: bool = False
     rot90: bool = False
     """Random 90-degree rotations: valid for nadir (satellite) imagery, never for digits."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "DataConfig":
+        if self.load_size is not None and self.load_size < self.image_size:
+            raise ValueError(
+                f"data.load_size ({self.load_size}) must be at least data.image_size ({self.image_size})"
+            )
+        return self
 
 
 class TrainConfig(_Section):

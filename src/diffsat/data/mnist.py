@@ -439,7 +439,8 @@ def resize_digits(images: np.ndarray, size: int) -> np.ndarray:
 def load_mnist_dataset(cfg: DataConfig) -> ImageDataset:
     """MNIST as an :class:`ImageDataset`.
 
-    Images ``(N, 1, S, S)`` float32 in ``[-1, 1]`` (``S = cfg.image_size``), labels ``(N,)`` int64 digits.
+    Images ``(N, 1, S, S)`` float32 in ``[-1, 1]`` (``S = cfg.load_size`` or ``cfg.image_size``), labels
+    ``(N,)`` int64 digits.
     ``cfg.limit`` takes the first N images of the source (after loading, before resizing).
     """
     if cfg.channels != 1:
@@ -454,7 +455,7 @@ def load_mnist_dataset(cfg: DataConfig) -> ImageDataset:
             msg = f"data.limit={cfg.limit} exceeds the {total} images of {source.root}; using all"
             warnings.warn(msg, stacklevel=2)
         images, labels = images[: cfg.limit], labels[: cfg.limit]
-    pixels = resize_digits(images, cfg.image_size)[:, None]
+    pixels = resize_digits(images, cfg.load_size or cfg.image_size)[:, None]
     return ImageDataset(
         images=to_unit_range(pixels),
         labels=torch.from_numpy(np.ascontiguousarray(labels)),

@@ -34,6 +34,43 @@ def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images).transpose(0, 2, 3, 1)
 
 
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> float32 ``[-1, 1]`` (same shape and device); float32 passes through unchanged."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(127.5).sub_(1.0)
+    if images.dtype != torch.float32:
+        raise TypeError(f"expected uint8 or float32 images, got {images.dtype}")
+    return images
+
+
+def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Crops ``(B, C, size, size)`` of ``batch`` ``(B, C, H, W)`` (any dtype, ``H, W >= size``).
+
+    With a ``generator``, each image gets its own window, top-left corner uniform over the
+    ``(H - size + 1) x (W - size + 1)`` positions (so every crop lies inside its image), drawn from
+    ``generator`` (which may live on another device than ``batch``); without one, the centre window
+    (offsets ``(H - size) // 2``, ``(W - size) // 2``). A batch already ``size x size`` is returned as is and
+    the generator is not advanced.
+    """
+    n, _, h, w = batch.shape
+    if h < size or w < size:
+        raise ValueError(
+            f"cannot crop {h}x{w} images to {size}x{size}: data.load_size must be at least data.image_size"
+        )
+    if h == w == size:
+        return batch
+    if generator is None:
+        top, left = (h - size) // 2, (w - size) // 2
+        return batch[:, :, top : top + size, left : left + size]
+    dev = generator.device
+    tops = torch.randint(0, h - size + 1, (n,), generator=generator, device=dev).tolist()
+    lefts = torch.randint(0, w - size + 1, (n,), generator=generator, device=dev).tolist()
+    out = batch.new_empty((n, batch.shape[1], size, size))
+    for i, (top, left) in enumerate(zip(tops, lefts)):
+        out[i] = batch[i, :, top : top + size, left : left + size]
+    return out
+
+
 def _coin(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``(n, 1, 1, 1)`` bool tensor, each True with probability 1/2, drawn from ``generator``."""
     draw = torch.rand(n, generator=generator, device=generator.device) < 0.5
@@ -41,29 +78,35 @@ def _coin(n: int, generator: torch.Generator, device: torch.device) -> torch.Ten
 
 
 def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random per-image flips / 90-degree rotations of ``batch`` ``(B, C, H, W)`` (any range, any dtype).
+    """One training batch: crop to ``cfg.image_size``, random flips / quarter turns, float32 ``[-1, 1]``.
 
-    Enabled by ``cfg.hflip`` (flip the width axis with probability 1/2), ``cfg.vflip`` (flip the height
-    axis with probability 1/2) and ``cfg.rot90`` (rotate by ``k * 90`` degrees, ``k`` uniform in 0..3;
-    needs ``H == W``), applied in that order. All randomness comes from ``generator`` (which may live
-    on another device than ``batch``), so the same generator state gives the same output. Returns a new
-    ``(B, C, H, W)`` tensor; the input is not modified. With everything disabled, ``batch`` itself is
-    returned and the generator is not advanced.
+    ``batch``: ``(B, C, H, W)`` held tiles (``H, W >= cfg.image_size``), uint8 in ``[0, 255]`` or float32 in
+    ``[-1, 1]``. Steps, in this order, all randomness drawn from ``generator`` (which may live on another
+    device than ``batch``; the same generator state gives the same output):
+
+    1. crop to ``cfg.image_size``: a random window per image with ``cfg.random_crop``, else the centre
+       (nothing when the tiles already have that size);
+    2. ``cfg.hflip``: flip the width axis with probability 1/2; ``cfg.vflip``: the height axis;
+    3. ``cfg.rot90``: rotate by ``k * 90`` degrees, ``k`` uniform in 0..3;
+    4. uint8 to float32 ``[-1, 1]``.
+
+    Returns ``(B, C, cfg.image_size, cfg.image_size)`` float32; the input is not modified. With float32
+    tiles already at ``image_size`` and every option off, ``batch`` itself is returned and the generator is
+    not advanced.
     """
     if batch.ndim != 4:
         raise ValueError(f"augment expects a (B, C, H, W) batch, got shape {tuple(batch.shape)}")
-    n, out = batch.shape[0], batch
+    out = crop(batch, cfg.image_size, generator if cfg.random_crop else None)
+    n = batch.shape[0]
     if cfg.hflip:
         out = torch.where(_coin(n, generator, batch.device), out.flip(-1), out)
     if cfg.vflip:
         out = torch.where(_coin(n, generator, batch.device), out.flip(-2), out)
     if cfg.rot90:
-        if batch.shape[-1] != batch.shape[-2]:
-            raise ValueError(f"rot90 augmentation needs square images, got {tuple(batch.shape[-2:])}")
         k = torch.randint(0, 4, (n,), generator=generator, device=generator.device).to(batch.device)
         rotated = out.clone()
         for quarter in (1, 2, 3):
             sel = k == quarter
             rotated[sel] = torch.rot90(out[sel], quarter, dims=(-2, -1))
         out = rotated
-    return out
+    return to_model_range(out).contiguous()
