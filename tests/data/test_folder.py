@@ -75,6 +75,12 @@ def test_ucmerced_random_crops_hold_stored_tiles(ucmerced: Path) -> None:
         hits = (windows[i] == crops[i][:, None, None]).all(-1).all(-1).all(0)
         assert hits.any(), f"crop {i} is not a window of its tile"
 
+    view = ds.model_view(cfg, seed=3)  # evaluation: one fixed random crop per tile, no flips
+    assert view.shape == (200, 3, 64, 64) and torch.equal(view, ds.model_view(cfg, seed=3))
+    assert torch.equal(view, augment(ds.tiles, cfg, torch.Generator().manual_seed(3)))
+    resized = cfg.model_copy(update={"random_crop": False})
+    assert torch.equal(ds.model_view(resized), ds.images[:, :, 32:96, 32:96])
+
 
 def test_ucmerced_load_size(ucmerced: Path) -> None:
     ds = load_dataset(_folder_cfg(ucmerced, limit=3, image_size=32, load_size=48))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from diffsat.config import DataConfig
-from diffsat.data.transforms import to_model_range
+from diffsat.data.transforms import crop, to_model_range
 from diffsat.errors import DiffsatError
 
 
@@ -68,6 +68,17 @@ class ImageDataset:
         if self._float is None:
             self._float = to_model_range(self.tiles)
         return self._float
+
+    def model_view(self, cfg: DataConfig, seed: int = 0) -> torch.Tensor:
+        """The images at the model's size, cut as training cuts them, without flips or rotations.
+
+        Returns float32 ``(N, C, cfg.image_size, cfg.image_size)`` in ``[-1, 1]``: with ``cfg.random_crop``
+        one random window per image drawn from ``seed`` (so the same set every call), else the centre
+        window. Use it for real images in evaluation (e.g. SWD against held-out tiles) so that they have
+        the scale the model was trained at.
+        """
+        generator = torch.Generator().manual_seed(seed) if cfg.random_crop else None
+        return to_model_range(crop(self.tiles, cfg.image_size, generator)).contiguous()
 
     @property
     def resolution(self) -> int:
