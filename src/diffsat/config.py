@@ -70,9 +70,13 @@ class DataConfig(_Section):
     ``None`` for kind ``mnist``: the default source."""
     kind: Literal["mnist", "folder", "levir"] = "mnist"
     split: Literal["train", "test"] = "train"
-    """MNIST only: training or test digits."""
+    """MNIST: the training or test digits. Image folders and LEVIR-CD with ``holdout``: the images kept for
+    training, or the held-out ones."""
+    holdout: int | None = Field(None, ge=2)
+    """Image folders / LEVIR-CD: hold out every ``holdout``-th image in file order (10: one in ten of each
+    class of a class-sorted folder) as the ``test`` split. ``None``: no held-out split (``test`` is an error)."""
     limit: int | None = Field(None, ge=1)
-    """Take the first N readable images (in file order) so runs are comparable."""
+    """Take the first N readable images (in file order, after the split) so runs are comparable."""
     image_size: int = Field(28, ge=1)
     """Side of the training images (the model's input); must equal ``model.image_size``."""
     channels: int = Field(1, ge=1)

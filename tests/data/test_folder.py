@@ -214,3 +214,28 @@ def test_image_dataset_validates_and_converts() -> None:
     u8 = ImageDataset(images=torch.from_numpy(values).view(3, 1, 1, 1), labels=None, source="y")
     assert u8.images.dtype == torch.float32 and torch.equal(u8.images.flatten(), to_unit_range(values))
     assert u8.images is u8.images  # converted once
+
+
+def test_holdout_split_is_class_balanced_and_disjoint(ucmerced: Path) -> None:
+    from diffsat.data.folder import split_indices
+
+    files = list_image_files(ucmerced)
+    labels, _ = folder_labels(ucmerced, files)
+    train = split_indices(len(files), _folder_cfg(ucmerced, holdout=10), "x")
+    test = split_indices(len(files), _folder_cfg(ucmerced, holdout=10, split="test"), "x")
+    assert (len(train), len(test)) == (1440, 160) and not set(train) & set(test)
+    assert sorted(train + test) == list(range(1600)) and test[:2] == [9, 19]
+    assert np.bincount(labels[test]).tolist() == [10] * 16
+
+
+def test_holdout_split_loads(tmp_path: Path) -> None:
+    for c in "ab":
+        for i in range(4):
+            _png(tmp_path / c / f"{i}.png", np.full((8, 8, 3), 10 * i + (c == "b"), np.uint8))
+    test = load_dataset(_folder_cfg(tmp_path, holdout=2, split="test"))
+    assert test.tiles[:, 0, 0, 0].tolist() == [10, 30, 11, 31] and test.labels.tolist() == [0, 0, 1, 1]
+    assert "(all 4 files, split test: 1 in 2 files held out, 2 classes" in test.source
+    train = load_dataset(_folder_cfg(tmp_path, holdout=2, limit=3))
+    assert train.tiles[:, 0, 0, 0].tolist() == [0, 20, 1]
+    with pytest.raises(DataError, match=r"data.split='test' needs data.holdout"):
+        load_dataset(_folder_cfg(tmp_path, split="test"))

@@ -159,3 +159,12 @@ def test_synthetic_layout_errors(tmp_path: Path) -> None:
     (tmp_path / "A" / "x.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="none of the 1 image files could be read"):
         load_dataset(_cfg(tmp_path, levir_images="A"))
+
+
+def test_holdout_split(levir: Path) -> None:
+    test, _ = _load(_cfg(levir, levir_list="demo", holdout=7, split="test"))
+    train, _ = _load(_cfg(levir, levir_list="demo", holdout=7))
+    assert (len(test), len(train)) == (2, 12) and test.labels.tolist() == [0, 1]  # entries 7 and 14
+    full, _ = _load(_cfg(levir, levir_list="demo"))
+    assert torch.equal(test.tiles, full.tiles[[6, 13]])
+    assert "list demo, A+B: all 2 images, split test: 1 in 7 images held out" in test.source

@@ -1,12 +1,14 @@
 """Generic image folders (aerial / satellite tiles, any class-folder layout).
 
 Every ``.png .jpg .jpeg .tif .tiff .bmp`` file (any case) under ``data.path``, recursively, in sorted path
-order; files and folders whose name starts with ``.`` are ignored. Each image is decoded once into memory
-as a uint8 RGB (``channels=3``) or grey (``channels=1``) tile, centre-cropped to a square and resampled to
-the held side (``data.load_size``; default ``data.image_size``, or the stored size with
-``data.random_crop``); see :mod:`diffsat.data.tiles` for odd sizes, alpha and unreadable files (skipped
-with a warning and counted). When every image sits in a sub-folder, the label is the index of its
-top-level sub-folder name among the sorted names (e.g. UC Merced class folders).
+order; files and folders whose name starts with ``.`` are ignored. With ``data.holdout`` every
+``holdout``-th file is set aside as the ``test`` split (``data.split``); ``data.limit`` then takes the first
+readable files of the split. Each image is decoded once into memory as a uint8 RGB (``channels=3``) or
+grey (``channels=1``) tile, centre-cropped to a square and resampled to the held side (``data.load_size``;
+default ``data.image_size``, or the stored size with ``data.random_crop``); see :mod:`diffsat.data.tiles`
+for odd sizes, alpha and unreadable files (skipped with a warning and counted). When every image sits in a
+sub-folder, the label is the index of its top-level sub-folder name among the sorted names (e.g. UC Merced
+class folders).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "list_image_files",
     "load_image",
     "load_image_folder",
+    "split_indices",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
@@ -75,6 +78,19 @@ def load_image(path: Path, channels: int, size: int) -> np.ndarray:
         return tile_array(img, channels, size)
 
 
+def split_indices(n: int, cfg: DataConfig, where: str) -> list[int]:
+    """Indices (into ``n`` files in order) of ``cfg.split`` under ``cfg.holdout``: every ``holdout``-th file
+    (indices ``holdout - 1, 2 * holdout - 1, ...``) is the ``test`` split, the others ``train``."""
+    if cfg.holdout is None:
+        if cfg.split == "test":
+            raise DataError(
+                f"{where}: data.split='test' needs data.holdout (e.g. 10: every 10th image held out)"
+            )
+        return list(range(n))
+    held = cfg.split == "test"
+    return [i for i in range(n) if ((i + 1) % cfg.holdout == 0) == held]
+
+
 def _check_folder(cfg: DataConfig) -> Path:
     if cfg.path is None:
         raise DataError("data.kind 'folder' needs data.path: set it to a folder of images")
@@ -99,6 +115,9 @@ def load_image_folder(cfg: DataConfig) -> ImageDataset:
             "point data.path at a folder of images"
         )
     all_labels, names = folder_labels(root, files)
+    keep = split_indices(len(files), cfg, str(root))
+    files = [files[i] for i in keep]
+    all_labels = None if all_labels is None else all_labels[keep]
     plan = plan_tiles(files, cfg, str(root))
     decoded = decode_tiles(files, plan, cfg.limit, str(root))
     labels = None if all_labels is None else torch.from_numpy(all_labels[decoded.kept])
@@ -117,6 +136,8 @@ def _describe(
     random 64 px crops)``."""
     n = len(decoded.kept)
     parts = [f"{n} of {total} files" if n < total else f"all {total} files"]
+    if cfg.holdout is not None:
+        parts.append(f"split {cfg.split}: 1 in {cfg.holdout} files held out")
     parts.append(f"{len(names)} classes" if names else "no labels")
     parts.append(describe_tiles(cfg, plan))
     parts += decoded.summary()

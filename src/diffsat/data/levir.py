@@ -9,7 +9,8 @@ The layout, as the change-detection code (BIT_CD, ChangeFormer, DDPM-CD) ships i
 
 ``data.levir_images`` takes the ``A`` images, the ``B`` images or ``both`` (labels 0 = A, 1 = B, in name
 order, A before B); ``data.levir_list`` takes the names in ``list/<name>.txt`` (in its order), or every
-image in the chosen folders when ``None``. A listed file that does not exist is skipped with a warning
+image in the chosen folders when ``None``; ``data.holdout`` then sets every ``holdout``-th of these aside
+as the ``test`` split (``data.split``). A listed file that does not exist is skipped with a warning
 and counted. Odd sizes, alpha channels and unreadable files are handled by :mod:`diffsat.data.tiles`
 (``data.on_size_mismatch``), each named in a warning, so training never meets a bad file.
 """
@@ -24,7 +25,7 @@ import torch
 
 from diffsat.config import DataConfig
 from diffsat.data.dataset import DataError, ImageDataset
-from diffsat.data.folder import IMAGE_SUFFIXES
+from diffsat.data.folder import IMAGE_SUFFIXES, split_indices
 from diffsat.data.tiles import (
     WARN_EACH,
     Decoded,
@@ -121,6 +122,8 @@ def load_levir(cfg: DataConfig) -> ImageDataset:
     root = levir_root(cfg)
     files, labels, missing = select_files(root, cfg)
     _warn_missing(root, missing)
+    keep = split_indices(len(files), cfg, f"LEVIR-CD {root}")
+    files, labels = [files[i] for i in keep], [labels[i] for i in keep]
     what = f"list {cfg.levir_list}" if cfg.levir_list is not None else "all images"
     if not files:
         raise DataError(
@@ -146,6 +149,8 @@ def _describe(
     sides = "A+B" if cfg.levir_images == "both" else cfg.levir_images
     count = f"{n} of {total} images" if n < total else f"all {total} images"
     parts = [f"{what}, {sides}: {count}" if cfg.levir_list is not None else f"{sides}: {count}", tiles]
+    if cfg.holdout is not None:
+        parts.insert(1, f"split {cfg.split}: 1 in {cfg.holdout} images held out")
     if missing:
         parts.append(f"{missing} listed file(s) missing")
     parts += decoded.summary()
