@@ -567,3 +567,13 @@ def test_cli_convert_names_the_mismatching_key(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("diffsat: error:")
     assert re.search(r"key 'downs\.\d+\.\S+' has shape \(.*\) in the checkpoint but the config builds \(", err)
+
+
+def test_cli_refuses_to_sample_a_conditional_sr3_model(tmp_path: Path, capsys) -> None:
+    unet = SMALL_UNET | dict(in_channel=6)
+    conditional = config_from_ddpmcd(ddpmcd_config(unet, conditional=True), "sr3")
+    torch.save(to_layout(source_net(conditional).state_dict(), "sr3"), tmp_path / "sr3_gen.pth")
+    json_path = write_commented_json(ddpmcd_config(unet, conditional=True), tmp_path / "sr3.json")
+    assert cli("sample", tmp_path / "sr3_gen.pth", "--config", json_path, "--out", tmp_path / "s", "--steps", 2) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "conditional SR3 model" in err and not (tmp_path / "s").exists()

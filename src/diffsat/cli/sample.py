@@ -36,9 +36,14 @@ def settings_from(args: argparse.Namespace):
 
 
 def load_network(args: argparse.Namespace):
+    """The network of ``args.checkpoint`` (with ``diffsat_config`` and ``diffsat_schedule``); a conditional
+    SR3 model is refused in one line before any sampling."""
+    from ..ddpmcd_config import check_unconditional
     from ..models.sr3_compat import load_model
 
-    return load_model(args.checkpoint, args.config, ema=not args.no_ema)
+    net = load_model(args.checkpoint, args.config, ema=not args.no_ema)
+    check_unconditional(net.diffsat_config)
+    return net
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
