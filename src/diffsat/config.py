@@ -85,10 +85,10 @@ class DataConfig(_Section):
     ``random_crop`` the stored size of the tiles (the most common size in the selection)."""
     random_crop: bool = False
     """Train on a random ``image_size`` crop of each held tile (per image, per step) instead of its centre."""
-    on_size_mismatch: Literal["crop", "resize", "skip"] = "crop"
-    """Images whose size differs from the most common one: ``crop`` their centre to that size (keeps the
-    m/px scale; smaller images are skipped), ``resize`` (centre square, then resample) or ``skip``.
-    Each such image is named in a warning."""
+    on_size_mismatch: Literal["resize", "crop", "skip"] = "resize"
+    """Images whose size differs from the most common one: ``resize`` (centre square, resampled like the
+    others), ``crop`` their centre to that size (keeps the m/px scale of satellite tiles; smaller images
+    are skipped) or ``skip``. Each such image is named in a warning."""
     levir_images: Literal["A", "B", "both"] = "both"
     """LEVIR-CD: the ``A/`` (before) images, the ``B/`` (after) images, or both (labels 0 = A, 1 = B)."""
     levir_list: str | None = None

@@ -173,7 +173,7 @@ def test_crop_policy_skips_smaller_images(tmp_path: Path) -> None:
         _png(tmp_path / f"big{i}.png", np.full((16, 16, 3), 9, np.uint8))
     _png(tmp_path / "small.png", np.full((8, 8, 3), 9, np.uint8))
     with pytest.warns(UserWarning) as record:
-        ds = load_dataset(_folder_cfg(tmp_path, image_size=16))
+        ds = load_dataset(_folder_cfg(tmp_path, image_size=16, on_size_mismatch="crop"))
     assert any("small.png: 8x8, not 16x16: too small to crop, skipped" in m for m in _messages(record))
     assert len(ds) == 2
 

@@ -45,7 +45,7 @@ def _load(cfg: DataConfig) -> tuple[object, list[str]]:
 
 @pytest.mark.parametrize(("side", "label", "size"), [("A", 0, "768x384"), ("B", 1, "768x383")])
 def test_one_side_all_images(levir: Path, side: str, label: int, size: str) -> None:
-    ds, messages = _load(_cfg(levir, levir_images=side))
+    ds, messages = _load(_cfg(levir, levir_images=side, on_size_mismatch="crop"))
     assert ds.tiles.shape == (12, 3, 32, 32) and ds.tiles.dtype == torch.uint8
     assert ds.labels.tolist() == [label] * 12 and ds.class_names == ("A", "B")
     named = [m for m in messages if f"{side}/{ODD}" in m]
@@ -74,14 +74,14 @@ def test_list_file_selects_pairs_in_list_order(levir: Path) -> None:
 
 def test_malformed_pair_cropped_exactly(levir: Path) -> None:
     """Policy crop keeps the ground resolution: the tile is the centre 256x256 of the RGB pixels."""
-    ds, _ = _load(_cfg(levir, levir_images="A", image_size=256, limit=2))  # test_102, then test_113
-    rgb = np.asarray(Image.open(levir / "A" / ODD).convert("RGB"))  # (384, 768, 3)
+    ds, _ = _load(_cfg(levir, levir_images="A", image_size=256, limit=2, on_size_mismatch="crop"))
+    rgb = np.asarray(Image.open(levir / "A" / ODD).convert("RGB"))  # (384, 768, 3); tiles: test_102, test_113
     np.testing.assert_array_equal(ds.tiles[1].permute(1, 2, 0).numpy(), rgb[64:320, 256:512])
     assert "A: 2 of 12 images" in ds.source
 
 
 def test_malformed_pair_resized(levir: Path) -> None:
-    ds, messages = _load(_cfg(levir, levir_images="A", image_size=256, limit=2, on_size_mismatch="resize"))
+    ds, messages = _load(_cfg(levir, levir_images="A", image_size=256, limit=2))  # default: resize
     rgb = Image.open(levir / "A" / ODD).convert("RGB").crop((192, 0, 576, 384))  # centre 384 square
     expected = np.asarray(rgb.resize((256, 256), Image.Resampling.LANCZOS))
     np.testing.assert_array_equal(ds.tiles[1].permute(1, 2, 0).numpy(), expected)

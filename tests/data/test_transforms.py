@@ -138,7 +138,7 @@ def _config(**data) -> dict:
 
 def test_data_config_keys() -> None:
     cfg = parse_config(_config(kind="levir", levir_images="A", levir_list="demo", random_crop=True))
-    assert cfg.data.kind == "levir" and cfg.data.on_size_mismatch == "crop" and cfg.data.load_size is None
+    assert cfg.data.kind == "levir" and cfg.data.on_size_mismatch == "resize" and cfg.data.load_size is None
     with pytest.raises(ConfigError, match=r"data.load_size \(32\) must be at least data.image_size \(64\)"):
         parse_config(_config(load_size=32))
     with pytest.raises(ConfigError, match="data.levir_images"):

@@ -6,8 +6,8 @@ against the memory available. The second pass decodes every file (in the given o
 tiles) and applies, per file:
 
 1. the size policy ``data.on_size_mismatch`` to an image whose size differs from the reference:
-   ``crop`` its centre to the reference size (images smaller than it are skipped), ``resize`` it, or
-   ``skip`` it;
+   ``resize`` it (step 3 as for any image), ``crop`` its centre to the reference size (keeps the ground
+   resolution; images smaller than the reference are skipped), or ``skip`` it;
 2. the channel conversion to RGB (``channels=3``) or grey (``channels=1``): alpha dropped (with a
    warning), palette expanded, 16-bit scaled to 8-bit;
 3. the centre square crop and resampling to the held side (LANCZOS down, BICUBIC up).
