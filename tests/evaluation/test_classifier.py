@@ -17,7 +17,14 @@ from diffsat.evaluation import (
     to_classifier_input,
     train_classifier,
 )
-from diffsat.evaluation.classifier import ARCH_VERSION, classifier_metadata, save_classifier
+from diffsat.evaluation.classifier import (
+    ARCH_VERSION,
+    classifier_metadata,
+    outlier_exposure_loss,
+    random_blur,
+    save_classifier,
+)
+from diffsat.evaluation.outliers import KINDS, outlier_batch
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +105,33 @@ def test_digit_metrics_on_constructed_probabilities() -> None:
         digit_metrics(np.ones((4, 9)))
 
 
+def test_outlier_batches_are_seeded_in_range_and_not_digit_copies() -> None:
+    digits = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    junk = outlier_batch(digits, 600, torch.Generator().manual_seed(1))
+    assert junk.shape == (600, 1, 28, 28) and junk.min() >= -1 and junk.max() <= 1
+    torch.testing.assert_close(junk, outlier_batch(digits, 600, torch.Generator().manual_seed(1)))
+    flat = junk.flatten(1)
+    n_flat = int((flat.std(dim=1) == 0).sum())  # the "flat" kind: one grey level per image
+    assert abs(n_flat - 600 / len(KINDS)) < 40
+    assert torch.cdist(flat, digits.flatten(1)).min() > 1.0  # never (almost) a training digit
+
+
+def test_random_blur_and_outlier_exposure_loss() -> None:
+    x = torch.rand(400, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    blurred = random_blur(x, 0.25, torch.Generator().manual_seed(1))
+    changed = (blurred - x).flatten(1).abs().amax(dim=1) > 0
+    assert 0.15 < changed.float().mean() < 0.35
+    torch.testing.assert_close(random_blur(x, 0.0, torch.Generator()), x)
+
+    class Constant(torch.nn.Module):  # uniform output: cross-entropy log 10 on digits and to uniform alike
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(len(inp), 10)
+
+    digits, labels = torch.zeros(8, 1, 28, 28), torch.arange(8)
+    loss = outlier_exposure_loss(Constant(), digits, labels, torch.Generator().manual_seed(0))
+    assert loss.item() == pytest.approx(math.log(10) * 1.5)  # CE log 10 + 0.5 * CE-to-uniform log 10
+
+
 @pytest.mark.slow
 def test_train_on_real_mnist_reaches_99_percent(shared_data: Path, tmp_path: Path) -> None:
     from diffsat.data.mnist import load_mnist_idx
@@ -126,4 +160,6 @@ def test_train_on_real_mnist_reaches_99_percent(shared_data: Path, tmp_path: Pat
     torch.testing.assert_close(loaded.predict_proba(padded), probs)
     m = digit_metrics(probs)
     assert m["classes_present"] == 10 and m["recognisable"] > 0.95
+    noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert digit_metrics(loaded.predict_proba(noise))["recognisable"] < 0.05  # outlier exposure at work
     assert (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= 0.98
