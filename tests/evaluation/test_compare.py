@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffsat.evaluation import DigitClassifier, EvalSettings, EvaluationError, ImageSet, evaluate
+from diffsat.evaluation import (
+    DigitClassifier,
+    EvalSettings,
+    EvaluationError,
+    ImageSet,
+    evaluate,
+)
 from diffsat.evaluation.compare import MIN_SAMPLES, resolve_kind, split_reference
 
 FAST = EvalSettings(kid_subsets=5, kid_subset_size=50)

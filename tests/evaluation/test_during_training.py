@@ -10,7 +10,11 @@ import torch.nn.functional as F
 
 from diffsat.config import Config
 from diffsat.data import ImageDataset
-from diffsat.evaluation import DigitClassifier, default_classifier_path, make_training_evaluator
+from diffsat.evaluation import (
+    DigitClassifier,
+    default_classifier_path,
+    make_training_evaluator,
+)
 from diffsat.evaluation.classifier import save_classifier
 
 

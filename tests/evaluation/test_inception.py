@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffsat.errors import DiffsatError
 from diffsat.evaluation.inception import (
     FIDInceptionV3,
     InceptionError,
@@ -138,8 +139,11 @@ def test_bad_weights_files_are_one_line_errors(model: FIDInceptionV3, tmp_path: 
     with pytest.raises(InceptionError, match="missing: fc.bias.*unexpected: AuxLogits.*wrong shape: Mixed_7c"):
         load_inception(_save(state, tmp_path / "other.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a zip archive")
-    with pytest.raises(InceptionError, match="not a readable"):
+    with pytest.raises(DiffsatError, match="junk.pth: "):
         load_inception(tmp_path / "junk.pth")
+    torch.save({"fc.weight": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pth")  # needs unpickling a class
+    with pytest.raises(DiffsatError, match="refused for safety"):
+        load_inception(tmp_path / "pickled.pth")
     torch.save({"model": {"nested": 1}}, tmp_path / "nested.pth")
     with pytest.raises(InceptionError, match="state dict of tensors"):
         load_inception(tmp_path / "nested.pth")

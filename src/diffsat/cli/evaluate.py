@@ -102,16 +102,16 @@ def _train_classifier(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def _load_sets(args: argparse.Namespace):
-    from ..evaluation.image_sets import load_real, load_samples
+def _load_real_sets(args: argparse.Namespace, channels: int, size: int):
+    """(reference, train set or None) at the samples' ``channels`` and ``size``."""
+    from ..evaluation.image_sets import load_real
 
-    samples = load_samples(args.samples, args.samples_limit, args.samples_split)
-    c, s = samples.channels, samples.size
-    reference = load_real(args.reference, c, s, args.reference_split, args.reference_limit, "--reference")
+    reference = load_real(args.reference, channels, size, args.reference_split, args.reference_limit, "--reference")
     train = None
     if args.train_set is not None:
-        train = load_real(args.train_set, c, s, args.train_split, args.train_limit, "--train-set", training=True)
-    return samples, reference, train
+        train = load_real(args.train_set, channels, size, args.train_split, args.train_limit, "--train-set",
+                          training=True)
+    return reference, train
 
 
 def _extractors(args: argparse.Namespace, kind: str) -> tuple[object, object, dict]:
@@ -136,16 +136,18 @@ def _extractors(args: argparse.Namespace, kind: str) -> tuple[object, object, di
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation.compare import EvalSettings, evaluate, resolve_kind
+    from ..evaluation.image_sets import load_samples
 
-    samples, reference, train = _load_sets(args)
+    samples = load_samples(args.samples, args.samples_limit, args.samples_split)
     kind = resolve_kind(args.kind, samples.channels)
-    classifier, inception, info = _extractors(args, kind)
+    classifier, inception, info = _extractors(args, kind)  # before the real sets: a missing file fails fast
+    reference, train = _load_real_sets(args, samples.channels, samples.size)
     settings = EvalSettings(kind=kind, seed=args.seed, kid_subsets=args.kid_subsets, progress=not args.no_progress)
     start = time.perf_counter()
     result = evaluate(samples, reference, train, classifier=classifier, inception=inception, settings=settings)
     report = {**result.to_dict(), "extractors": info, "seconds": round(time.perf_counter() - start, 1)}
     print(format_report(result, info))
-    figure = _save_pairs_figure(args, samples, train, report)
+    figure = _save_pairs_figure(args, samples, train, result.details)
     if figure is not None:
         print(f"closest sample/training pairs -> {figure}")
     if args.out is not None:
@@ -157,14 +159,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save_pairs_figure(args: argparse.Namespace, samples, train, report: dict) -> Path | None:
+def _save_pairs_figure(args: argparse.Namespace, samples, train, details: dict) -> Path | None:
+    """The closest sample/training pairs figure (with a train set, at --pairs-figure or beside --out)."""
     from ..evaluation import save_closest_pairs_figure
 
     if train is None or (args.pairs_figure is None and args.out is None):
         return None
     path = args.pairs_figure or args.out.with_name(f"{args.out.stem}_closest_pairs.png")
-    pairs = report["details"]["memorisation"]["samples"]["closest_pairs"]
-    return save_closest_pairs_figure(samples.images, train.images, [tuple(p) for p in pairs], path)
+    pairs = details["memorisation"]["samples"]["closest_pairs"]
+    return save_closest_pairs_figure(samples.images, train.images, pairs, path)
 
 
 def _number(value: float, error: float | None = None) -> str:

@@ -20,12 +20,25 @@ from diffsat.evaluation.classifier import (
 from diffsat.evaluation.compare import EvalSettings, Evaluation, Metric, evaluate
 from diffsat.evaluation.during_training import make_training_evaluator
 from diffsat.evaluation.fid import feature_stats, fid_from_features, frechet_distance
-from diffsat.evaluation.image_sets import EvaluationError, ImageSet, load_real, load_samples
+from diffsat.evaluation.image_sets import (
+    EvaluationError,
+    ImageSet,
+    load_real,
+    load_samples,
+)
 from diffsat.evaluation.inception import FIDInceptionV3, InceptionError, load_inception
 from diffsat.evaluation.kid import kernel_inception_distance
-from diffsat.evaluation.memorisation import memorisation_report, nearest_neighbour_distances, save_closest_pairs_figure
+from diffsat.evaluation.memorisation import (
+    memorisation_report,
+    nearest_neighbour_distances,
+    save_closest_pairs_figure,
+)
 from diffsat.evaluation.prdc import precision_recall
-from diffsat.evaluation.swd import SWDResult, laplacian_pyramid, sliced_wasserstein_distance
+from diffsat.evaluation.swd import (
+    SWDResult,
+    laplacian_pyramid,
+    sliced_wasserstein_distance,
+)
 
 __all__ = [
     "ClassifierError",

@@ -23,7 +23,12 @@ import torch
 
 from diffsat.config import Config
 from diffsat.data import ImageDataset
-from diffsat.evaluation.classifier import ClassifierError, DigitClassifier, digit_metrics, load_classifier
+from diffsat.evaluation.classifier import (
+    ClassifierError,
+    DigitClassifier,
+    digit_metrics,
+    load_classifier,
+)
 from diffsat.evaluation.fid import feature_stats, frechet_distance
 from diffsat.evaluation.swd import MIN_RESOLUTION, sliced_wasserstein_distance
 

@@ -27,7 +27,12 @@ from PIL import Image
 
 from diffsat.config import DataConfig, load_config
 from diffsat.data.dataset import DataError, load_dataset, progress_bar
-from diffsat.data.folder import IMAGE_SUFFIXES, list_image_files, load_image, load_image_folder
+from diffsat.data.folder import (
+    IMAGE_SUFFIXES,
+    list_image_files,
+    load_image,
+    load_image_folder,
+)
 from diffsat.data.mnist import load_mnist_idx, resize_digits, resolve_mnist_source
 from diffsat.data.tiles import DECODE_ERRORS
 from diffsat.data.transforms import to_unit_range
@@ -66,7 +71,7 @@ class ImageSet:
     def __repr__(self) -> str:
         return f"ImageSet(n={len(self)}, channels={self.channels}, size={self.size}, source={self.source!r})"
 
-    def subset(self, index: torch.Tensor) -> "ImageSet":
+    def subset(self, index: torch.Tensor) -> ImageSet:
         """The images (and labels) at ``index`` ``(K,)`` int64, same source text."""
         labels = None if self.labels is None else self.labels[index]
         return ImageSet(self.images[index], labels, self.source)

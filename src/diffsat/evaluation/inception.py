@@ -220,17 +220,17 @@ def prepare_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` of ``path`` as a plain ``{name: tensor}`` dict (InceptionError if not)."""
+    """The ``{name: tensor}`` dict in ``path``, read with ``torch.load(weights_only=True)`` (never unpickling code;
+    :func:`diffsat.models.sr3_compat.safe_torch_load`); a missing file or other content is a one-line error."""
+    from diffsat.models.sr3_compat import safe_torch_load
+
     if not path.is_file():
         raise InceptionError(
             f"{path}: Inception weights file not found; pass --inception the path of {WEIGHTS_NAME} "
             "(the file pytorch-fid uses; diffsat never downloads it)"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle refusals and corrupt archives raise several types
-        raise InceptionError(f"{path}: not a readable PyTorch weights file ({type(err).__name__}: {err})") from None
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    obj = safe_torch_load(path)
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InceptionError(f"{path}: expected a state dict of tensors (the pytorch-fid {WEIGHTS_NAME})")
     return dict(obj)
 
