@@ -14,3 +14,9 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data not found: real-data tests need the shared data folder beside the repo")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach the network: the MNIST default source skips its download attempt."""
+    monkeypatch.setenv("DIFFSAT_OFFLINE", "1")

@@ -54,6 +54,11 @@ class DiffusionConfig(_Section):
     loss: Literal["l1", "l2"] = "l2"
     min_snr_gamma: float | None = Field(None, gt=0.0)
     """Min-SNR-gamma loss weighting (Hang et al. 2023); ``None`` weights every noise level alike."""
+    level_sampling: Literal["sr3", "lognormal"] = "sr3"
+    """Training noise levels: ``sr3`` = uniform between adjacent sqrt(alpha_bar) of the schedule (SR3);
+    ``lognormal`` = ln(sigma) ~ N(lognormal_mean, lognormal_std^2) with sigma^2 = (1 - ab) / ab (EDM)."""
+    lognormal_mean: float = -1.2
+    lognormal_std: float = Field(1.2, gt=0.0)
 
 
 class DataConfig(_Section):
@@ -113,6 +118,8 @@ class TrainConfig(_Section):
 
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After the linear warm-up: constant, or cosine decay to 0 at ``max_steps``."""
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(10_000, ge=1)
@@ -131,6 +138,10 @@ class TrainConfig(_Section):
     sample_steps: int = Field(100, ge=1)
     """Ancestral steps used for the periodic sample grids."""
     save_every: int = Field(1000, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    """Log sample-quality numbers (digit classifier or SWD) every N steps; ``None`` = off."""
+    eval_samples: int = Field(200, ge=2)
+    """EMA samples drawn (``sample_steps`` ancestral steps) for each evaluation."""
     seed: int = 0
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -13,15 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.transforms import to_uint8_hwc  # noqa: E402
-
-
-def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
-    path = Path(run_dir) / "metrics.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no metrics yet (train first, or check the run directory)")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    return {k: np.array([float(r[k]) for r in rows]) for k in (rows[0].keys() if rows else [])}
+from .training.metrics import TRAIN_FIELDS, read_metrics  # noqa: E402
 
 
 def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
@@ -38,20 +29,50 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
     out = Path(out) if out else run_dir / "loss.png"
+    rows = ~np.isnan(m.get("loss", np.array([])))
     fig, ax = plt.subplots(figsize=(7, 4))
-    if len(m.get("step", [])):
-        ax.plot(m["step"], m["loss"], alpha=0.35, lw=1, label="loss (mean per log interval)")
-        ax.plot(m["step"], smooth(m["loss"]), lw=2, label="smoothed")
+    if rows.any():
+        step, loss = m["step"][rows], m["loss"][rows]
+        ax.plot(step, loss, alpha=0.35, lw=1, label="loss (mean per log interval)")
+        ax.plot(step, smooth(loss), lw=2, label="smoothed")
+        ax.legend()
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_title(run_dir.name)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_quality(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
+    """Each sample-quality metric logged while training against step, one panel each: ``RUN_DIR/quality.png``.
+    ``None`` when the run logged no evaluation."""
+    run_dir = Path(run_dir)
+    m = read_metrics(run_dir)
+    names = [k for k in m if k not in TRAIN_FIELDS and not np.isnan(m[k]).all()]
+    if not names:
+        return None
+    out = Path(out) if out else run_dir / "quality.png"
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = ~np.isnan(m[name])
+        ax.plot(m["step"][rows], m[name][rows], marker="o", ms=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_training(run_dir: str | Path) -> list[Path]:
+    """The loss curve and, when the run logged evaluations, the quality curves; returns the files written."""
+    quality = plot_quality(run_dir)
+    return [plot_loss_curve(run_dir)] + ([quality] if quality else [])
 
 
 def plot_chain(frames: torch.Tensor, fractions: list[float], out: str | Path, title: str | None = None) -> Path:

@@ -9,15 +9,16 @@ from .common import add_parser
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = add_parser(subparsers, "plot", "Plot a run's loss curve (log scale, raw and smoothed) as PNG.",
+    p = add_parser(subparsers, "plot", "Plot a run's loss curve (log scale, raw and smoothed) and, when the run "
+                   "logged evaluations, its quality curves, as PNG files in the run directory.",
                    "diffsat plot runs/mnist")
     p.add_argument("run_dir", type=Path, help="run directory with metrics.csv")
-    p.add_argument("--out", type=Path, help="figure file (default: RUN_DIR/loss.png)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plots import plot_loss_curve
+    from ..plots import plot_training
 
-    print(plot_loss_curve(args.run_dir, args.out))
+    for path in plot_training(args.run_dir):
+        print(path)
     return 0

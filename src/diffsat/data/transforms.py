@@ -43,7 +43,18 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+Shard = tuple[int, int]
+"""``(rank, world_size)``: draw for the global batch of ``B * world_size`` images, keep this rank's slice."""
+
+
+def _randint(high: int, n: int, generator: torch.Generator, shard: Shard) -> torch.Tensor:
+    """``n`` integers uniform in ``[0, high)``: this rank's slice of a global draw (on the generator's device)."""
+    rank, world = shard
+    draw = torch.randint(0, high, (n * world,), generator=generator, device=generator.device)
+    return draw[rank * n : (rank + 1) * n]
+
+
+def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None, shard: Shard = (0, 1)) -> torch.Tensor:
     """Crops ``(B, C, size, size)`` of ``batch`` ``(B, C, H, W)`` (any dtype, ``H, W >= size``).
 
     With a ``generator``, each image gets its own window, top-left corner uniform over the
@@ -62,22 +73,20 @@ def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None) -> t
     if generator is None:
         top, left = (h - size) // 2, (w - size) // 2
         return batch[:, :, top : top + size, left : left + size]
-    dev = generator.device
-    tops = torch.randint(0, h - size + 1, (n,), generator=generator, device=dev).tolist()
-    lefts = torch.randint(0, w - size + 1, (n,), generator=generator, device=dev).tolist()
+    tops = _randint(h - size + 1, n, generator, shard).tolist()
+    lefts = _randint(w - size + 1, n, generator, shard).tolist()
     out = batch.new_empty((n, batch.shape[1], size, size))
     for i, (top, left) in enumerate(zip(tops, lefts)):
         out[i] = batch[i, :, top : top + size, left : left + size]
     return out
 
 
-def _coin(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _coin(n: int, generator: torch.Generator, device: torch.device, shard: Shard) -> torch.Tensor:
     """``(n, 1, 1, 1)`` bool tensor, each True with probability 1/2, drawn from ``generator``."""
-    draw = torch.rand(n, generator=generator, device=generator.device) < 0.5
-    return draw.to(device).view(n, 1, 1, 1)
+    return _randint(2, n, generator, shard).to(device).bool().view(n, 1, 1, 1)
 
 
-def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator) -> torch.Tensor:
+def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator, shard: Shard = (0, 1)) -> torch.Tensor:
     """One training batch: crop to ``cfg.image_size``, random flips / quarter turns, float32 ``[-1, 1]``.
 
     ``batch``: ``(B, C, H, W)`` held tiles (``H, W >= cfg.image_size``), uint8 in ``[0, 255]`` or float32 in
@@ -92,18 +101,19 @@ def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator) ->
 
     Returns ``(B, C, cfg.image_size, cfg.image_size)`` float32; the input is not modified. With float32
     tiles already at ``image_size`` and every option off, ``batch`` itself is returned and the generator is
-    not advanced.
+    not advanced. ``shard = (rank, world_size)``: every draw is made for ``B * world_size`` images and this
+    rank keeps its slice, so data-parallel ranks together augment exactly as one process would.
     """
     if batch.ndim != 4:
         raise ValueError(f"augment expects a (B, C, H, W) batch, got shape {tuple(batch.shape)}")
-    out = crop(batch, cfg.image_size, generator if cfg.random_crop else None)
+    out = crop(batch, cfg.image_size, generator if cfg.random_crop else None, shard)
     n = batch.shape[0]
     if cfg.hflip:
-        out = torch.where(_coin(n, generator, batch.device), out.flip(-1), out)
+        out = torch.where(_coin(n, generator, batch.device, shard), out.flip(-1), out)
     if cfg.vflip:
-        out = torch.where(_coin(n, generator, batch.device), out.flip(-2), out)
+        out = torch.where(_coin(n, generator, batch.device, shard), out.flip(-2), out)
     if cfg.rot90:
-        k = torch.randint(0, 4, (n,), generator=generator, device=generator.device).to(batch.device)
+        k = _randint(4, n, generator, shard).to(batch.device)
         rotated = out.clone()
         for quarter in (1, 2, 3):
             sel = k == quarter

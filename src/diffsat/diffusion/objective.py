@@ -14,11 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .schedules import NoiseSchedule
+
+if TYPE_CHECKING:
+    from ..config import DiffusionConfig
 
 Objective = str  # "eps" | "x0" | "v"
 
@@ -100,6 +104,17 @@ def sample_training_levels(schedule: NoiseSchedule, batch: int, generator: torch
     return (low + u * (high - low)).float()
 
 
+def sample_lognormal_levels(batch: int, generator: torch.Generator, mean: float, std: float) -> torch.Tensor:
+    """EDM's training noise distribution (Karras et al. 2022, sec. 5: ``ln sigma ~ N(P_mean, P_std^2)``) in
+    variance-preserving form: ``sigma^2 = (1 - ab) / ab``, so ``level = sqrt(ab) = 1 / sqrt(1 + sigma^2)``.
+
+    Returns ``(batch,)`` float32 in (0, 1). It concentrates training on the mid noise levels where image
+    structure is decided, instead of spending most steps near pure noise as uniform-t on a linear schedule does.
+    """
+    log_sigma = mean + std * torch.randn(batch, generator=generator, dtype=torch.float64)
+    return torch.rsqrt(1.0 + torch.exp(2.0 * log_sigma)).float()
+
+
 def min_snr_weight(objective: Objective, level: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights (Hang et al. 2023, eq. 9) expressed for each target: (B,)."""
     snr = level**2 / (1 - level**2).clamp_min(1e-8)
@@ -121,10 +136,31 @@ class DiffusionLoss:
     objective: Objective = "eps"
     loss: str = "l2"
     min_snr_gamma: float | None = None
+    level_sampling: str = "sr3"
+    lognormal: tuple[float, float] = (-1.2, 1.2)
 
-    def __call__(self, net: Callable, x0: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        level = sample_training_levels(self.schedule, x0.shape[0], generator).to(x0.device)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    @classmethod
+    def from_config(cls, d: "DiffusionConfig", schedule: NoiseSchedule) -> "DiffusionLoss":
+        return cls(schedule, d.objective, d.loss, d.min_snr_gamma, d.level_sampling,
+                   (d.lognormal_mean, d.lognormal_std))
+
+    def sample_levels(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """Training noise levels ``(batch,)`` in [0, 1] (see ``DiffusionConfig.level_sampling``)."""
+        if self.level_sampling == "lognormal":
+            return sample_lognormal_levels(batch, generator, *self.lognormal)
+        return sample_training_levels(self.schedule, batch, generator)
+
+    def __call__(
+        self, net: Callable, x0: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> dict[str, torch.Tensor]:
+        """``x0``: this rank's images ``(B, C, H, W)``. ``shard = (rank, world_size)``: levels and noise are
+        drawn for the global batch of ``B * world_size`` and this rank takes its slice, so data-parallel
+        training draws exactly what one process with the global batch would."""
+        rank, world = shard
+        b = x0.shape[0]
+        level = self.sample_levels(b * world, generator)[rank * b : (rank + 1) * b].to(x0.device)
+        noise = torch.randn((b * world, *x0.shape[1:]), generator=generator, dtype=x0.dtype)
+        noise = noise[rank * b : (rank + 1) * b].to(x0.device)
         pred = net(q_sample(x0, level, noise), level).float()
         diff = pred - target_for(self.objective, x0, noise, level)
         per_sample = (diff.abs() if self.loss == "l1" else diff.square()).flatten(1).mean(1)

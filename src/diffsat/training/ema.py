@@ -25,12 +25,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One EMA step towards ``model``'s current state (one fused multi-tensor lerp for the floats)."""
         d = self.current_decay()
-        ema_state = self.model.state_dict()
-        for name, value in model.state_dict().items():
-            target = ema_state[name]
-            if target.dtype.is_floating_point:
-                target.lerp_(value.detach(), 1.0 - d)
-            else:
-                target.copy_(value)
+        ema_state, state = self.model.state_dict(), model.state_dict()
+        floats = [name for name, value in ema_state.items() if value.dtype.is_floating_point]
+        torch._foreach_lerp_([ema_state[n] for n in floats], [state[n].detach() for n in floats], 1.0 - d)
+        for name, value in ema_state.items():
+            if not value.dtype.is_floating_point:
+                value.copy_(state[name])
         self.updates += 1

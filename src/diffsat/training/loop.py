@@ -1,34 +1,37 @@
-"""The training loop: a thin driver over data, loss, optimiser, EMA and checkpoints.
+"""The training loop: a thin driver over data, loss, optimiser, EMA, checkpoints and evaluation.
 
 Reproducibility and exact resume: every random draw of step ``s`` (which images form the batch, their
-augmentation, the noise levels and noise, dropout) comes from generators seeded by ``(seed, s)`` alone, so
-the step after ``--resume`` is bit-for-bit the step an uninterrupted run would take.
+crops and flips, the noise levels and noise, dropout) comes from generators seeded by ``(seed, s)`` alone,
+so the step after ``--resume`` is bit-for-bit the step an uninterrupted run would take. Under torchrun
+each rank takes its slice of the same global draws, so N ranks with batch B train like one process with
+batch N x B (exactly so without dropout, whose masks are drawn per rank).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import Config, save_config
+from ..config import Config, TrainConfig, save_config
 from ..data import ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..models.unet import build_unet
-from ..runtime import resolve_device
 from . import checkpoint as ckpt
+from .distributed import DistContext, setup, teardown
 from .ema import EMA
+from .metrics import MetricsLog
 from .throughput import train_step_flops
 
-METRIC_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "gflops", "elapsed_s"]
-"""Columns of ``metrics.csv``: ``loss`` is the mean over the log interval, ``gflops`` the achieved GFLOP/s."""
+GRID_SEED = 1234
+"""Seed of the periodic sample grids and evaluation samples (the same noise every time, so they compare)."""
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -49,67 +52,73 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     return perm[pos * batch_size : (pos + 1) * batch_size]
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` then constant."""
-    return base_lr * min(1.0, (step + 1) / max(1, warmup_steps))
+def lr_at(step: int, tc: TrainConfig) -> float:
+    """Learning rate of ``step`` (0-based): linear warm-up over ``warmup_steps``, then constant or a cosine
+    decay reaching 0 at ``max_steps`` (``lr_schedule``)."""
+    warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
+    if tc.lr_schedule == "constant" or step < tc.warmup_steps:
+        return tc.lr * warm
+    progress = (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
+    return tc.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     step: int
-    elapsed_s: float
+    elapsed_s: float  # time spent in training steps (what train.time_limit_minutes counts)
+    wall_s: float  # the whole call: steps, sample grids, evaluation, checkpoints
     last_loss: float
     stopped_by: str  # "max_steps" | "time_limit"
     losses: list[float] = field(default_factory=list)
 
 
-class MetricsLog:
-    """Appends rows to ``metrics.csv``; on resume drops rows logged after the checkpoint's step."""
-
-    def __init__(self, path: Path, resume_step: int | None) -> None:
-        self.path = path
-        rows = []
-        if resume_step is not None and path.exists():
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, METRIC_FIELDS).writerow(row)
-
-
 class Trainer:
-    """Owns the model, EMA, optimiser and data for one run directory."""
+    """Owns the model, EMA, optimiser, data and run directory of one training run (one rank of it)."""
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, dataset: ImageDataset | None = None):
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        resume: bool = False,
+        dataset: ImageDataset | None = None,
+        dist: DistContext | None = None,
+    ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
         tc = config.train
-        self.device = resolve_device(tc.device)
+        self.dist = dist or setup(tc.device)
+        self.device = self.dist.device
         if tc.threads is not None:
             torch.set_num_threads(tc.threads)
         self.dataset = dataset if dataset is not None else load_dataset(config.data)
-        self.images = self.dataset.images.to(self.device)
+        self.tiles = self.dataset.tiles.to(self.device)  # uint8 or float, at the stored size
         torch.manual_seed(tc.seed)
         self.model = build_unet(config.model).to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        dc = config.diffusion
-        self.schedule = NoiseSchedule.from_config(dc)
-        self.loss_fn = DiffusionLoss(self.schedule, dc.objective, dc.loss, dc.min_snr_gamma)
-        self.step, self.elapsed_s = 0, 0.0
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # fused: one kernel for all parameters (the per-tensor loop cost ~20 % of a small model's CPU step)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+        self.schedule = NoiseSchedule.from_config(config.diffusion)
+        self.loss_fn = DiffusionLoss.from_config(config.diffusion, self.schedule)
+        self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
         if resume:
             self._resume()
-        save_config(config, self.run_dir / ckpt.CONFIG_FILE)
-        self.flops_per_image = 0.0
-        self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if resume else None)
+        self.net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
+        self.metrics: MetricsLog | None = None
+        self.evaluator = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / ckpt.CONFIG_FILE)
+            self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if resume else None)
+            if tc.eval_every:
+                from ..evaluation.during_training import make_training_evaluator
+
+                self.evaluator = make_training_evaluator(config, self.dataset)
+
+    @property
+    def global_batch(self) -> int:
+        return self.config.train.batch_size * self.dist.world_size
 
     def _resume(self) -> None:
         state = ckpt.load_train_state(self.run_dir)
@@ -119,6 +128,9 @@ class Trainer:
         self.step, self.elapsed_s, self.ema.updates = state["step"], state["elapsed_s"], state["ema_updates"]
 
     def save(self) -> None:
+        """Write model, EMA and train state atomically (rank 0 only; every rank holds the same weights)."""
+        if not self.dist.is_main:
+            return
         state = {
             "step": self.step,
             "elapsed_s": self.elapsed_s,
@@ -128,11 +140,12 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, self.model, self.ema.model, state)
 
     def next_batch(self) -> torch.Tensor:
-        """The images of the current step, augmented: (B, C, H, W) float32 in [-1, 1]."""
+        """This rank's images of the current step, cropped and augmented: (B, C, S, S) float32 in [-1, 1]."""
         tc = self.config.train
-        idx = batch_indices(len(self.dataset), tc.batch_size, self.step, tc.seed)
+        idx = self.dist.shard(batch_indices(len(self.dataset), self.global_batch, self.step, tc.seed))
         generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 1)
-        x = augment(self.images[idx.to(self.device)], self.config.data, generator)
+        world = (self.dist.rank, self.dist.world_size)
+        x = augment(self.tiles[idx.to(self.device)], self.config.data, generator, shard=world)
         return x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
 
     def forward_loss(self) -> torch.Tensor:
@@ -144,88 +157,141 @@ class Trainer:
         x = self.next_batch()
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            return self.loss_fn(self.model, x, generator)["loss"]
+            return self.loss_fn(self.net, x, generator, shard=(self.dist.rank, self.dist.world_size))["loss"]
 
     def measure_flops(self) -> float:
         """FLOP per training image of one step (forward + backward), counted once; gradients are discarded."""
-        flops = train_step_flops(self.forward_loss)
+        flops = train_step_flops(lambda: self.loss_fn(self.model, self.next_batch(), torch.Generator())["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         self.flops_per_image = flops / self.config.train.batch_size
         return self.flops_per_image
 
     def train_step(self) -> tuple[float, float]:
-        """One optimiser step; returns (loss, gradient norm before clipping)."""
+        """One optimiser step; returns (this rank's loss, gradient norm before clipping)."""
         tc = self.config.train
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, tc.lr, tc.warmup_steps)
+            group["lr"] = lr_at(self.step, tc)
         loss = self.forward_loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = tc.grad_clip if tc.grad_clip is not None else float("inf")
+        max_norm = tc.grad_clip if tc.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.ema.update(self.model)
         self.step += 1
         return loss.item(), grad_norm.item()
 
-    def sample_grid(self, path: Path, n: int = 9) -> None:
-        """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
-        from ..sampling import SampleSettings, generate, save_grid
+    def ema_samples(self, n: int) -> torch.Tensor:
+        """``n`` images from the EMA weights with the fixed grid seed: (n, C, S, S) in [-1, 1]."""
+        from ..sampling import SampleSettings, generate
 
         tc = self.config.train
         settings = SampleSettings(steps=tc.sample_steps, bf16=tc.precision == "bf16", device=str(self.device))
-        images = generate(self.ema.model, self.config, n, seed=1234, settings=settings, progress=False)
-        save_grid(images, path, scale=4 if self.config.model.image_size <= 64 else 1)
+        return generate(self.ema.model, self.config, n, seed=GRID_SEED, settings=settings, progress=False)
+
+    def sample_grid(self, path: Path, n: int = 9) -> None:
+        """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
+        from ..sampling import save_grid
+
+        save_grid(self.ema_samples(n), path, scale=max(1, 128 // self.config.model.image_size))
+
+    def evaluate(self) -> dict[str, float]:
+        """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``)."""
+        if self.evaluator is None:
+            return {}
+        return self.evaluator(self.ema_samples(self.config.train.eval_samples))
+
+    def _periodic(self, grad_norm: float, log: "_LogWindow", bar: tqdm) -> None:
+        """Logging, sample grids, evaluation and checkpoints due after the step just taken (rank 0)."""
+        tc = self.config.train
+        if self.step % tc.log_every == 0:
+            row = log.row(self.step, lr_at(self.step - 1, tc), grad_norm, self.elapsed_s, self.flops_per_image)
+            self.metrics.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+        if tc.eval_every and self.step % tc.eval_every == 0 and self.evaluator is not None:
+            self.metrics.write({"step": self.step, **self.evaluate()})
+        if self.step % tc.sample_every == 0:
+            self.sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png")
+        if self.step % tc.save_every == 0:
+            self.save()
 
     def run(self, progress: bool = True) -> TrainResult:
-        """Train until ``max_steps`` or ``time_limit_minutes``; save, plot, and return a summary."""
-        tc = self.config.train
+        """Train until ``max_steps`` or ``time_limit_minutes`` of step time; save, plot, and return a summary.
+
+        Ctrl-C saves a checkpoint before stopping, so ``--resume`` continues from the last step taken.
+        """
+        tc, main = self.config.train, self.dist.is_main
+        wall_start = time.perf_counter()
         limit_s = tc.time_limit_minutes * 60 if tc.time_limit_minutes else math.inf
-        stopped_by, losses, window = "max_steps", [], []
+        stopped_by, losses = "max_steps", []
         self.measure_flops()
-        bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step", disable=not progress)
-        tick, tick_step = time.perf_counter(), self.step
-        while self.step < tc.max_steps:
-            if self.elapsed_s >= limit_s:
-                stopped_by = "time_limit"
-                break
-            t0 = time.perf_counter()
-            loss, grad_norm = self.train_step()
-            self.elapsed_s += time.perf_counter() - t0
-            if not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss} at step {self.step}: lower train.lr or set train.grad_clip "
-                    f"(the last checkpoint in {self.run_dir} is intact)"
-                )
-            losses.append(loss)
-            window.append(loss)
-            bar.update(1)
-            if self.step % tc.log_every == 0:
-                now = time.perf_counter()
-                ips = (self.step - tick_step) * tc.batch_size / max(now - tick, 1e-9)
-                row = {"step": self.step, "loss": sum(window) / len(window),
-                       "lr": lr_at(self.step - 1, tc.lr, tc.warmup_steps), "grad_norm": grad_norm,
-                       "images_per_s": ips, "gflops": ips * self.flops_per_image / 1e9, "elapsed_s": self.elapsed_s}
-                self.metrics.write(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
-                window, tick, tick_step = [], now, self.step
-            if self.step % tc.sample_every == 0:
-                self.sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png")
-            if self.step % tc.save_every == 0:
-                self.save()
-        bar.close()
+        log = _LogWindow(self.global_batch, self.step)
+        bar = tqdm(total=tc.max_steps, initial=self.step, desc="training", unit="step", disable=not (progress and main))
+        try:
+            while self.step < tc.max_steps:
+                if not self.dist.all_true(self.elapsed_s < limit_s):
+                    stopped_by = "time_limit"
+                    break
+                t0 = time.perf_counter()
+                loss, grad_norm = self.train_step()
+                self.elapsed_s += time.perf_counter() - t0
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"loss became {loss} at step {self.step}: lower train.lr or set train.grad_clip "
+                        f"(the last checkpoint in {self.run_dir} is intact)"
+                    )
+                losses.append(loss)
+                log.add(loss)
+                bar.update(1)
+                if main:
+                    self._periodic(grad_norm, log, bar)
+        except KeyboardInterrupt:
+            self.save()
+            raise
+        finally:
+            bar.close()
         self.save()
-        self.finish()
-        return TrainResult(self.run_dir, self.step, self.elapsed_s, losses[-1] if losses else float("nan"), stopped_by, losses)
+        if main:
+            self.finish()
+        self.dist.barrier()
+        last = losses[-1] if losses else math.nan
+        return TrainResult(self.run_dir, self.step, self.elapsed_s, time.perf_counter() - wall_start, last,
+                           stopped_by, losses)
 
     def finish(self) -> None:
-        """Final sample grid and loss curve."""
-        from ..plots import plot_loss_curve
+        """Final evaluation, sample grid and training curves."""
+        from ..plots import plot_training
 
+        if self.evaluator is not None and self.step % self.config.train.eval_every != 0:
+            self.metrics.write({"step": self.step, **self.evaluate()})
         self.sample_grid(self.run_dir / "samples" / "final.png")
-        plot_loss_curve(self.run_dir)
+        plot_training(self.run_dir)
+
+
+class _LogWindow:
+    """Losses and timing since the last log row."""
+
+    def __init__(self, global_batch: int, step: int) -> None:
+        self.global_batch, self.losses = global_batch, []
+        self.tick, self.tick_step = time.perf_counter(), step
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+
+    def row(self, step: int, lr: float, grad_norm: float, elapsed_s: float, flops_per_image: float) -> dict:
+        now = time.perf_counter()
+        ips = (step - self.tick_step) * self.global_batch / max(now - self.tick, 1e-9)
+        row = {"step": step, "loss": sum(self.losses) / max(1, len(self.losses)), "lr": lr, "grad_norm": grad_norm,
+               "images_per_s": ips, "gflops": ips * flops_per_image / 1e9, "elapsed_s": elapsed_s}
+        self.losses, self.tick, self.tick_step = [], now, step
+        return row
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``config`` into ``run_dir`` (resuming from its checkpoint when ``resume``)."""
-    return Trainer(config, run_dir, resume=resume).run(progress=progress)
+    """Train ``config`` into ``run_dir`` (resuming from its checkpoint when ``resume``); under torchrun each
+    process calls this and they train together."""
+    dist = setup(config.train.device)
+    try:
+        return Trainer(config, run_dir, resume=resume, dist=dist).run(progress=progress)
+    finally:
+        teardown(dist)

@@ -1,0 +1,154 @@
+"""Training: the loss falls on real digits, checkpoints round-trip, resume is exact, errors are clear."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffsat.config import Config, parse_config
+from diffsat.data import ImageDataset, load_dataset
+from diffsat.errors import CheckpointError
+from diffsat.training import checkpoint as ckpt
+from diffsat.training.ema import EMA
+from diffsat.training.loop import Trainer, batch_indices, lr_at
+from diffsat.training.metrics import read_metrics
+
+TINY = {
+    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
+              "norm_groups": 4, "image_size": 28},
+    "diffusion": {"timesteps": 100},
+    "data": {"limit": 64},
+    "train": {"batch_size": 8, "max_steps": 6, "warmup_steps": 2, "log_every": 2, "sample_every": 1000,
+              "save_every": 3, "sample_steps": 4, "device": "cpu", "lr": 2e-3},
+}
+
+
+def tiny(**sections) -> Config:
+    data = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        data[section].update(values)
+    return parse_config(data)
+
+
+@pytest.fixture(scope="module")
+def digits() -> ImageDataset:
+    """64 real MNIST digits from the bundled offline subset (no network)."""
+    return load_dataset(tiny().data)
+
+
+def test_loss_falls_on_real_digits(tmp_path: Path, digits: ImageDataset) -> None:
+    cfg = tiny(train={"max_steps": 80, "log_every": 10, "save_every": 1000})
+    result = Trainer(cfg, tmp_path / "run", dataset=digits).run(progress=False)
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert result.step == 80 and result.stopped_by == "max_steps"
+    assert last < 0.6 * first, (first, last)
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["step"].tolist() == list(range(10, 81, 10))
+    assert bool((metrics["images_per_s"] > 0).all()) and bool((metrics["gflops"] > 0).all())
+    for name in ("config.json", "model.safetensors", "ema.safetensors", "train_state.pt", "loss.png",
+                 "samples/final.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_resume_is_exact(tmp_path: Path, digits: ImageDataset) -> None:
+    cfg = tiny(train={"max_steps": 6, "save_every": 3})
+    straight = Trainer(cfg, tmp_path / "a", dataset=digits)
+    straight.run(progress=False)
+    half = Trainer(tiny(train={"max_steps": 3, "save_every": 3}), tmp_path / "b", dataset=digits)
+    half.run(progress=False)
+    resumed = Trainer(cfg, tmp_path / "b", resume=True, dataset=digits)
+    assert resumed.step == 3
+    resumed.run(progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    rows = read_metrics(tmp_path / "b")["step"]
+    assert sorted(set(rows.tolist())) == [2.0, 4.0, 6.0]  # no duplicated or lost log rows
+
+
+def test_checkpoint_round_trip_and_atomic_files(tmp_path: Path, digits: ImageDataset) -> None:
+    trainer = Trainer(tiny(), tmp_path, dataset=digits)
+    trainer.run(progress=False)
+    state = ckpt.load_train_state(tmp_path)
+    assert state["step"] == 6 and state["ema_updates"] == 6
+    fresh = Trainer(tiny(), tmp_path, resume=True, dataset=digits)
+    for a, b in zip(trainer.model.state_dict().values(), fresh.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_inconsistent_checkpoint_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
+    Trainer(tiny(), tmp_path, dataset=digits).run(progress=False)
+    Trainer(tiny(train={"max_steps": 9}), tmp_path / "other", dataset=digits).run(progress=False)
+    (tmp_path / "ema.safetensors").write_bytes((tmp_path / "other" / "ema.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="holds step 9 but train_state.pt holds step 6"):
+        Trainer(tiny(), tmp_path, resume=True, dataset=digits)
+
+
+def test_resume_without_checkpoint_and_wrong_shape(tmp_path: Path, digits: ImageDataset) -> None:
+    with pytest.raises(CheckpointError, match="no train state to resume from"):
+        Trainer(tiny(), tmp_path / "empty", resume=True, dataset=digits)
+    Trainer(tiny(), tmp_path / "run", dataset=digits).run(progress=False)
+    wider = tiny(model={"base_channels": 16})
+    with pytest.raises(CheckpointError, match=r"has shape .* but the config builds"):
+        Trainer(wider, tmp_path / "run", resume=True, dataset=digits)
+
+
+def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path: Path, digits: ImageDataset) -> None:
+    cfg = tiny(train={"max_steps": 10_000, "time_limit_minutes": 0.02, "save_every": 10_000})
+    result = Trainer(cfg, tmp_path, dataset=digits).run(progress=False)
+    assert result.stopped_by == "time_limit" and 0 < result.step < 10_000
+    assert ckpt.load_train_state(tmp_path)["step"] == result.step
+
+
+def test_ctrl_c_saves_before_stopping(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
+    trainer = Trainer(tiny(train={"max_steps": 50, "save_every": 1000}), tmp_path, dataset=digits)
+    original = trainer.train_step
+
+    def interrupted():
+        if trainer.step == 4:
+            raise KeyboardInterrupt
+        return original()
+
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(progress=False)
+    assert ckpt.load_train_state(tmp_path)["step"] == 4
+
+
+def test_lr_schedules() -> None:
+    constant = tiny(train={"lr": 1.0, "warmup_steps": 4, "max_steps": 14}).train
+    assert [lr_at(s, constant) for s in (0, 3, 10)] == [0.25, 1.0, 1.0]
+    cosine = constant.model_copy(update={"lr_schedule": "cosine"})
+    assert lr_at(4, cosine) == pytest.approx(1.0)
+    assert lr_at(9, cosine) == pytest.approx(0.5)
+    assert lr_at(14, cosine) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_batches_cover_each_epoch_once() -> None:
+    epoch = torch.cat([batch_indices(10, 5, step, seed=0) for step in (0, 1)])
+    assert sorted(epoch.tolist()) == list(range(10))
+    assert not torch.equal(batch_indices(10, 5, 0, 0), batch_indices(10, 5, 2, 0))  # a new permutation
+    assert batch_indices(3, 8, 0, 0).shape == (8,)
+
+
+def test_ema_warm_up_and_decay() -> None:
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = EMA(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # first decay min(0.9, 1/10) = 0.1: shadow = 0.9 * 1
+    assert float(ema.model.weight) == pytest.approx(0.9)
+    ema.updates = 1000
+    ema.update(net)  # decay 0.9: 0.9 * 0.9 + 0.1 * 1
+    assert float(ema.model.weight) == pytest.approx(0.91)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, digits: ImageDataset) -> None:
+    trainer = Trainer(tiny(), tmp_path, dataset=digits)
+    trainer.train_step = lambda: (math.nan, 0.0)
+    with pytest.raises(FloatingPointError, match="loss became nan at step .*lower train.lr"):
+        trainer.run(progress=False)
