@@ -140,6 +140,8 @@ class TrainConfig(_Section):
     save_every: int = Field(1000, ge=1)
     eval_every: int | None = Field(None, ge=1)
     """Log sample-quality numbers (digit classifier or SWD) every N steps; ``None`` = off."""
+    tensorboard: bool = False
+    """Also log to TensorBoard under RUN_DIR/tensorboard (needs ``pip install "diffsat[tensorboard]"``)."""
     eval_samples: int = Field(200, ge=2)
     """EMA samples drawn (``sample_steps`` ancestral steps) for each evaluation."""
     seed: int = 0

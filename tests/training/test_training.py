@@ -152,3 +152,50 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, digits: Imag
     trainer.train_step = lambda: (math.nan, 0.0)
     with pytest.raises(FloatingPointError, match="loss became nan at step .*lower train.lr"):
         trainer.run(progress=False)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.scalars, self.images = [], []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_images(self, tag, images, step):
+        self.images.append((tag, tuple(images.shape), float(images.min()), float(images.max()), step))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_tensorboard_mirrors_metrics_and_grids(tmp_path: Path, digits: ImageDataset) -> None:
+    from diffsat.training.tensorboard import TensorBoardLog
+
+    trainer = Trainer(tiny(train={"sample_every": 3}), tmp_path, dataset=digits)
+    recorder = _Recorder()
+    trainer.tensorboard = TensorBoardLog(tmp_path, writer=recorder)
+    trainer.run(progress=False)
+    tags = {tag for tag, _, _ in recorder.scalars}
+    assert {"train/loss", "train/lr", "train/images_per_s", "train/gflops"} <= tags
+    assert [s for t, _, s in recorder.scalars if t == "train/loss"] == [2, 4, 6]
+    assert [(step, shape) for _, shape, _, _, step in recorder.images] == [(3, (9, 1, 28, 28)), (6, (9, 1, 28, 28)),
+                                                                        (6, (9, 1, 28, 28))]  # periodic, final
+    assert all(0.0 <= lo and hi <= 1.0 for _, _, lo, hi, _ in recorder.images)
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(Exception, match=r'pip install "diffsat\[tensorboard\]"'):
+        Trainer(tiny(train={"tensorboard": True}), tmp_path, dataset=digits)

@@ -28,6 +28,7 @@ from . import checkpoint as ckpt
 from .distributed import DistContext, setup, teardown
 from .ema import EMA
 from .metrics import MetricsLog
+from .tensorboard import TensorBoardLog
 from .throughput import train_step_flops
 
 GRID_SEED = 1234
@@ -106,11 +107,13 @@ class Trainer:
             self._resume()
         self.net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
         self.metrics: MetricsLog | None = None
-        self.evaluator = None
+        self.evaluator, self.tensorboard = None, None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / ckpt.CONFIG_FILE)
             self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if resume else None)
+            if tc.tensorboard:
+                self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
             if tc.eval_every:
                 from ..evaluation.during_training import make_training_evaluator
 
@@ -193,7 +196,16 @@ class Trainer:
         """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
         from ..sampling import save_grid
 
-        save_grid(self.ema_samples(n), path, scale=max(1, 128 // self.config.model.image_size))
+        images = self.ema_samples(n)
+        save_grid(images, path, scale=max(1, 128 // self.config.model.image_size))
+        if self.tensorboard is not None:
+            self.tensorboard.images(self.step, images)
+
+    def log(self, row: dict[str, float]) -> None:
+        """One row to metrics.csv (and TensorBoard when on)."""
+        self.metrics.write(row)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(row["step"], row)
 
     def evaluate(self) -> dict[str, float]:
         """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``)."""
@@ -206,10 +218,10 @@ class Trainer:
         tc = self.config.train
         if self.step % tc.log_every == 0:
             row = log.row(self.step, lr_at(self.step - 1, tc), grad_norm, self.elapsed_s, self.flops_per_image)
-            self.metrics.write(row)
+            self.log(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
         if tc.eval_every and self.step % tc.eval_every == 0 and self.evaluator is not None:
-            self.metrics.write({"step": self.step, **self.evaluate()})
+            self.log({"step": self.step, **self.evaluate()})
         if self.step % tc.sample_every == 0:
             self.sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png")
         if self.step % tc.save_every == 0:
@@ -263,9 +275,11 @@ class Trainer:
         from ..plots import plot_training
 
         if self.evaluator is not None and self.step % self.config.train.eval_every != 0:
-            self.metrics.write({"step": self.step, **self.evaluate()})
+            self.log({"step": self.step, **self.evaluate()})
         self.sample_grid(self.run_dir / "samples" / "final.png")
         plot_training(self.run_dir)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 class _LogWindow:
