@@ -85,7 +85,8 @@ def test_compile_setting_compiles_the_network(net, config, monkeypatch) -> None:
     the real compile is the slow test below)."""
     compiled: list[torch.nn.Module] = []
 
-    def fake_compile(module: torch.nn.Module) -> torch.nn.Module:
+    def fake_compile(module: torch.nn.Module, options: dict) -> torch.nn.Module:
+        assert options == {"freezing": True}
         compiled.append(module)
         return module
 

@@ -32,8 +32,10 @@ class SampleSettings:
 
     ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (on the 2-core
     AVX512-BF16 machine of benchmarks/RESULTS.md, bf16 convolutions run at half the fp32 speed).
-    ``compile``: run the network through ``torch.compile`` (inductor); the first call compiles for minutes on
-    a CPU, so it pays only over long runs.
+    ``compile``: run the network through ``torch.compile`` (inductor, with weight freezing: the weights are
+    baked into the compiled graph, so compile a network only for sampling, not between training steps). On
+    the 2-core CPU of benchmarks/RESULTS.md the 391M network compiles for 1-2 minutes and then runs no
+    reliably faster than eager mode (-5% to +30% per step across runs); it may pay on GPUs or larger CPUs.
     """
 
     sampler: str = "ancestral"
@@ -60,7 +62,9 @@ def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.de
     net = net.eval().to(device)
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return torch.compile(net) if settings.compile else net
+    # Freezing lets inductor pre-pack the convolution weights; without it the compiled 391M network ran
+    # clearly slower than eager mode on the CPU (benchmarks/RESULTS.md).
+    return torch.compile(net, options={"freezing": True}) if settings.compile else net
 
 
 def _with_progress(bar: tqdm, callback: Callback | None) -> Callback:

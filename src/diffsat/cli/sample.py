@@ -22,8 +22,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast; auto = bf16 on CUDA, fp32 on CPU (faster there, see benchmarks)")
     p.add_argument("--compile", action="store_true",
-                   help="run the network through torch.compile; compiling is slow on a CPU (minutes for "
-                        "the 391M model, needs a C++ compiler) and pays only over many steps")
+                   help="run the network through torch.compile (needs a C++ compiler). Compiling is slow on "
+                        "a CPU (1-2 minutes for the 391M model) and gave no reliable speed-up on a 2-core CPU "
+                        "(benchmarks/RESULTS.md); it may pay on a GPU or a larger CPU over many images")
     add_device(p)
 
 
