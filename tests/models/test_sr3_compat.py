@@ -577,3 +577,18 @@ def test_cli_refuses_to_sample_a_conditional_sr3_model(tmp_path: Path, capsys) -
     assert cli("sample", tmp_path / "sr3_gen.pth", "--config", json_path, "--out", tmp_path / "s", "--steps", 2) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "conditional SR3 model" in err and not (tmp_path / "s").exists()
+
+
+def test_paper_preset_builds_the_released_generator() -> None:
+    """``configs/paper/ddpmcd_391m.json`` describes exactly the network of the released DDPM-CD file, so a
+    converted checkpoint and a model trained from the preset are interchangeable."""
+    preset = REPO_ROOT / "configs" / "paper" / "ddpmcd_391m.json"
+    if not preset.is_file():
+        pytest.skip(f"{preset} not found")
+    unet, buffers = to_our_keys(meta_state_dict(reference_keys()))
+    cfg = load_config(preset)
+    with torch.device("meta"):
+        model = build_unet(cfg.model)
+    check_state_dict(model, unet, "I190000_E97_gen.pth")
+    assert compare_schedule(ddpmcd_buffers(make_betas("linear", 2000, 1e-6, 1e-2)), cfg.diffusion) is None
+    assert set(buffers) == set(BUFFER_NAMES)
