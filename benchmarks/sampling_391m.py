@@ -3,15 +3,16 @@
 Measures, at batch 1:
 
 1. seconds per network evaluation for each speed lever: fp32 vs bf16 autocast, channels_last on/off,
-   ``torch.inference_mode`` vs ``torch.no_grad`` (and, with ``--compile``, ``torch.compile``), with the
-   achieved GFLOP/s (forward FLOPs counted by PyTorch's FlopCounterMode);
+   ``torch.inference_mode`` vs ``torch.no_grad`` (and, with ``--compile``, what ``--compile`` does, beside
+   eager mode), with the achieved GFLOP/s (forward FLOPs counted by PyTorch's FlopCounterMode). Wall time
+   and CPU time / threads are both reported: on a shared machine the latter estimates the idle wall time;
 2. the bf16-vs-fp32 difference of one network output and of the denoiser's x0 estimate;
 3. seconds per image of ``diffsat.sampling.generate`` with DPM-Solver++ at 10/20/25 steps using the fastest
    lever setting (what ``diffsat sample RUN --sampler dpm++ --steps K`` runs).
 
-    python benchmarks/sampling_391m.py                        # about 10 minutes on the 2-core CPU
-    python benchmarks/sampling_391m.py --steps 20 --evals 1   # shorter
-    python benchmarks/sampling_391m.py --compile --no-dpm     # torch.compile: compile time and s/eval
+    python benchmarks/sampling_391m.py                  # ~12 minutes on the idle 2-core CPU, ~20 when shared
+    python benchmarks/sampling_391m.py --steps 20 --evals 1             # shorter
+    python benchmarks/sampling_391m.py --compile --no-levers --no-dpm   # compile time, compiled vs eager
 
 Random weights give meaningless images but the same arithmetic as trained ones.
 """
