@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DiffsatError
-from . import chain, convert, evaluate, plot, sample, train
+from . import chain, convert, evaluate, plot, report, sample, train
 
-VERBS = (train, sample, chain, plot, convert, evaluate)
+VERBS = (train, sample, chain, plot, report, convert, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
