@@ -271,13 +271,15 @@ class Trainer:
                            stopped_by, losses)
 
     def finish(self) -> None:
-        """Final evaluation, sample grid and training curves."""
+        """Final evaluation, sample grid, training curves and the HTML report."""
         from ..plots import plot_training
+        from ..report import write_report
 
         if self.evaluator is not None and self.step % self.config.train.eval_every != 0:
             self.log({"step": self.step, **self.evaluate()})
         self.sample_grid(self.run_dir / "samples" / "final.png")
         plot_training(self.run_dir)
+        write_report(self.run_dir)
         if self.tensorboard is not None:
             self.tensorboard.close()
 
