@@ -125,6 +125,9 @@ def test_lr_schedules() -> None:
     assert lr_at(4, cosine) == pytest.approx(1.0)
     assert lr_at(9, cosine) == pytest.approx(0.5)
     assert lr_at(14, cosine) == pytest.approx(0.0, abs=1e-12)
+    timed = cosine.model_copy(update={"time_limit_minutes": 1.0})
+    assert lr_at(5, timed, elapsed_s=30.0) == pytest.approx(0.5)  # half the time is gone: half-way down
+    assert lr_at(9, timed, elapsed_s=0.0) == pytest.approx(0.5)  # the step count can still lead
 
 
 def test_batches_cover_each_epoch_once() -> None:
@@ -199,3 +202,20 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path, digits
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(Exception, match=r'pip install "diffsat\[tensorboard\]"'):
         Trainer(tiny(train={"tensorboard": True}), tmp_path, dataset=digits)
+
+
+def test_flop_count_includes_attention() -> None:
+    """The CPU flash-attention kernel is counted: 1x1 convs (forward + 2 backward) plus attention, 2 batched
+    matmuls of 2 n hw^2 c FLOP forward and 5 backward (FlopCounterMode's sdpa formulas)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from diffsat.models.layers import SelfAttention
+    from diffsat.training.throughput import train_step_flops
+
+    attn = SelfAttention(8, norm_groups=4).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 8, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        flops = train_step_flops(lambda: attn(x).square().sum())
+    n, c, hw = 2, 8, 49
+    convs = 3 * (2 * n * hw * c * (3 * c) + 2 * n * hw * c * c)
+    assert flops == convs + 7 * (2 * n * hw * hw * c)
