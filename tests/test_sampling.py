@@ -8,8 +8,10 @@ import torch
 
 from diffsat import sampling
 from diffsat.config import Config, ModelConfig
+from diffsat.diffusion.objective import dynamic_threshold
+from diffsat.diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from diffsat.models.unet import build_unet
-from diffsat.sampling import SampleSettings, chain_frames, generate
+from diffsat.sampling import SampleSettings, SampleSettingsError, chain_frames, generate
 
 MODEL = ModelConfig(in_channels=1, out_channels=1, base_channels=16, channel_mults=(1, 2), res_blocks=1,
                     attn_resolutions=(4,), norm_groups=8, image_size=8)
@@ -112,3 +114,85 @@ def test_chain_frames_run_from_noise_to_the_image(net, config, capsys) -> None:
     torch.testing.assert_close(frames[-1], generate(net, config, 2, 4, s, progress=False))
     noise = torch.stack([torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(4 + i)) for i in range(2)])
     assert torch.equal(frames[0], noise.clamp(-1, 1))
+
+
+# --- sampler options: spacing, eta, x0 handling ------------------------------------------------------------
+
+
+def first_steps(net, config, **kw) -> list:
+    """The StepInfo of every step of a one-image run with ``settings(**kw)``."""
+    infos: list = []
+    generate(net, config, 1, 0, settings(**kw), callback_factory=lambda first: infos.append, progress=False)
+    return infos
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
+@pytest.mark.parametrize("spacing", [None, "uniform", "quadratic", "trailing", "logsnr"])
+def test_spacing_reaches_the_sampler(net, config, sampler: str, spacing: str | None) -> None:
+    """The levels the network is evaluated at are the chosen spacing's; None = the sampler's default."""
+    infos = first_steps(net, config, sampler=sampler, spacing=spacing)
+    own = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
+    schedule = NoiseSchedule.from_config(config.diffusion)
+    expected = respaced_alphas_cumprod(schedule, 6, own)[1:].sqrt().flip(0).tolist()
+    assert [i.level for i in infos] == pytest.approx(expected, rel=1e-12)
+
+
+def test_eta_reaches_ddim(net, config) -> None:
+    """DDIM with eta = 1 is the ancestral sampler (same draws), so eta is passed through; eta = 0.5 lies
+    elsewhere."""
+    ancestral = generate(net, config, 3, 2, settings(sampler="ancestral"), progress=False)
+    ddim1 = generate(net, config, 3, 2, settings(sampler="ddim", eta=1.0), progress=False)
+    torch.testing.assert_close(ddim1, ancestral, rtol=1e-5, atol=1e-5)
+    half = generate(net, config, 3, 2, settings(sampler="ddim", eta=0.5), progress=False)
+    deterministic = generate(net, config, 3, 2, settings(sampler="ddim"), progress=False)
+    assert not torch.allclose(half, ancestral, atol=1e-3) and not torch.allclose(half, deterministic, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
+def test_x0_clip_reaches_the_denoiser(net, config, sampler: str) -> None:
+    """The first step sees x_T in every mode, so its x0 estimate is the raw one (none), clamped (static)
+    or dynamically thresholded (dynamic) -- and the random network's raw estimate is far outside [-1, 1]."""
+    raw = first_steps(net, config, sampler=sampler, x0_clip="none")[0].x0_hat
+    assert raw.abs().max() > 2.0
+    static = first_steps(net, config, sampler=sampler, x0_clip="static")[0].x0_hat
+    dynamic = first_steps(net, config, sampler=sampler, x0_clip="dynamic")[0].x0_hat
+    torch.testing.assert_close(static, raw.clamp(-1, 1))
+    torch.testing.assert_close(dynamic, dynamic_threshold(raw))
+    assert not torch.allclose(dynamic, static)
+
+
+def test_older_boolean_clip_and_the_training_loop_call_still_work() -> None:
+    assert SampleSettings(x0_clip=True).x0_clip == "static" and SampleSettings(x0_clip=False).x0_clip == "none"
+    s = SampleSettings(steps=10, bf16=False, device="cpu")  # as training/loop.py builds it
+    assert (s.sampler, s.spacing, s.eta, s.x0_clip) == ("ancestral", None, 0.0, "static")
+    assert s.sampler_options() == {}
+    assert SampleSettings("ddim", spacing="logsnr").sampler_options() == {"spacing": "logsnr", "eta": 0.0}
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"sampler": "dpm++", "eta": 0.5}, "eta (--eta 0.5) is a DDIM option and sampler 'dpm++' has none"),
+        ({"sampler": "ancestral", "eta": 1.0}, "is a DDIM option and sampler 'ancestral' has none"),
+        ({"sampler": "ddim", "eta": -0.1}, "eta must be >= 0"),
+        ({"spacing": "cosine"}, "unknown spacing 'cosine': one of uniform, quadratic, trailing, logsnr"),
+        ({"x0_clip": "soft"}, "unknown x0 clip 'soft': one of static, dynamic, none"),
+        ({"sampler": "euler"}, "unknown sampler 'euler'"),
+        ({"x0_quantile": 0.0}, "x0_quantile must be in (0, 1]"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(kw: dict, message: str) -> None:
+    with pytest.raises(SampleSettingsError) as err:
+        SampleSettings(**kw)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_more_steps_than_the_schedule_is_an_error(net, config) -> None:
+    with pytest.raises(SampleSettingsError, match="101 steps asked of a schedule of 100 timesteps"):
+        generate(net, config, 1, 0, settings(steps=101), progress=False)
+
+
+def test_progress_bar_names_the_options(net, config, capsys) -> None:
+    generate(net, config, 1, 0, settings(sampler="ddim", eta=0.5, spacing="quadratic", x0_clip="dynamic"),
+             progress=True)
+    assert "(ddim (eta 0.5), 6 steps, quadratic spacing, dynamic x0)" in capsys.readouterr().err

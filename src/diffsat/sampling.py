@@ -20,22 +20,38 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data.transforms import to_uint8_hwc
-from .diffusion.objective import Denoiser
+from .diffusion.objective import DYNAMIC_QUANTILE, Denoiser, X0Clip, x0_clip_mode
 from .diffusion.schedules import NoiseSchedule
+from .errors import DiffsatError
 from .runtime import resolve_device
+from .samplers import SAMPLERS, SPACINGS
 from .samplers.common import Callback, StepInfo, make_generators, randn_per_sample
+
+
+class SampleSettingsError(DiffsatError):
+    """Sampling options that do not fit together (one line naming the option and the fix)."""
 
 
 @dataclass
 class SampleSettings:
-    """How to sample: which sampler, how many steps, precision, batching and device.
+    """How to sample: which sampler, how many steps, its options, precision, batching and device.
 
+    ``spacing``: which of the schedule's steps the sampler visits (:data:`SPACINGS`); ``None`` = the
+    sampler's own default (ancestral and ddim: uniform, dpm++: logsnr).
+    ``eta``: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); any other sampler with a non-zero
+    ``eta`` is an error.
+    ``x0_clip``: how the denoiser's x0 estimate is kept in [-1, 1] at every step: ``static`` clamps it,
+    ``dynamic`` is Imagen's dynamic thresholding with percentile ``x0_quantile``, ``none`` leaves it alone
+    (see :func:`diffsat.diffusion.objective.split_prediction`); the older booleans still work (True = static,
+    False = none). The final images are clamped to [-1, 1] in every case.
     ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (on the 2-core
     AVX512-BF16 machine of benchmarks/RESULTS.md, bf16 convolutions run at half the fp32 speed).
     ``compile``: run the network through ``torch.compile`` (inductor, with weight freezing: the weights are
     baked into the compiled graph, so compile a network only for sampling, not between training steps). On
     the 2-core CPU of benchmarks/RESULTS.md the 391M network compiles for 1-2 minutes and then runs no
     reliably faster than eager mode (-5% to +30% per step across runs); it may pay on GPUs or larger CPUs.
+
+    Invalid combinations raise :class:`SampleSettingsError` when the settings are made.
     """
 
     sampler: str = "ancestral"
@@ -43,18 +59,54 @@ class SampleSettings:
     batch_size: int = 100
     bf16: bool | None = None
     channels_last: bool = True
-    clip_x0: bool = True
+    x0_clip: bool | X0Clip = "static"
     device: str = "auto"
     compile: bool = False
+    spacing: str | None = None
+    eta: float = 0.0
+    x0_quantile: float = DYNAMIC_QUANTILE
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise SampleSettingsError(f"unknown sampler '{self.sampler}': one of {', '.join(SAMPLERS)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise SampleSettingsError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise SampleSettingsError(f"unknown spacing '{self.spacing}': one of {', '.join(SPACINGS)}")
+        if not self.eta >= 0:  # also refuses NaN
+            raise SampleSettingsError(f"eta must be >= 0 (0 = deterministic DDIM), got {self.eta}")
+        if self.eta != 0 and self.sampler != "ddim":
+            raise SampleSettingsError(
+                f"eta (--eta {self.eta:g}) is a DDIM option and sampler '{self.sampler}' has none: "
+                "use the ddim sampler (--sampler ddim) or leave eta at 0"
+            )
+        if not 0 < self.x0_quantile <= 1:
+            raise SampleSettingsError(f"x0_quantile must be in (0, 1], got {self.x0_quantile}")
+        try:
+            self.x0_clip = x0_clip_mode(self.x0_clip)
+        except ValueError as err:
+            raise SampleSettingsError(str(err)) from None
 
     def use_bf16(self, device: torch.device) -> bool:
         return self.bf16 if self.bf16 is not None else device.type == "cuda"
 
+    def sampler_options(self) -> dict[str, object]:
+        """Keyword arguments for the sampler function beyond the common signature: ``spacing`` (when set)
+        and, for DDIM, ``eta``."""
+        options: dict[str, object] = {} if self.spacing is None else {"spacing": self.spacing}
+        if self.sampler == "ddim":
+            options["eta"] = self.eta
+        return options
 
-def _sampler(name: str) -> Callable:
-    from . import samplers
-
-    return samplers.get_sampler(name)
+    def describe(self) -> str:
+        """A short label, e.g. ``"ddim (eta 0.5), 20 steps, trailing spacing, dynamic x0"``; options left at
+        their defaults are not named."""
+        parts = [f"{self.sampler} (eta {self.eta:g})" if self.eta else self.sampler, f"{self.steps} steps"]
+        if self.spacing is not None:
+            parts.append(f"{self.spacing} spacing")
+        if self.x0_clip != "static":
+            parts.append("dynamic x0" if self.x0_clip == "dynamic" else "unclipped x0")
+        return ", ".join(parts)
 
 
 def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.device) -> torch.nn.Module:
@@ -98,12 +150,18 @@ def generate(
     """
     device = resolve_device(settings.device)
     net = prepare_net(net, settings, device)
-    denoiser = Denoiser(net, config.diffusion.objective, settings.clip_x0, settings.use_bf16(device))
     schedule = schedule or NoiseSchedule.from_config(config.diffusion)
+    if settings.steps > schedule.timesteps:
+        raise SampleSettingsError(
+            f"{settings.steps} steps asked of a schedule of {schedule.timesteps} timesteps: use at most "
+            f"{schedule.timesteps} (--steps)"
+        )
+    denoiser = Denoiser(net, config.diffusion.objective, settings.x0_clip, settings.use_bf16(device),
+                        settings.x0_quantile)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
-    sample_fn = _sampler(settings.sampler)
+    sample_fn, options = SAMPLERS[settings.sampler], settings.sampler_options()
     batches = -(-n // settings.batch_size)
-    desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.sampler}, {settings.steps} steps)"
+    desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.describe()})"
     out = []
     bar = tqdm(total=batches * settings.steps, desc=desc, unit="step", disable=not progress)
     with bar, torch.inference_mode():
@@ -115,7 +173,8 @@ def generate(
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
-            x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback)
+            x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback,
+                           **options)
             out.append(x0.float().clamp(-1, 1).cpu().contiguous())
             bar.set_postfix(images=f"{start + count}/{n}")
     return torch.cat(out)  # outside inference mode: an ordinary tensor

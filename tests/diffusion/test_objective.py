@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from diffsat.diffusion.objective import (
+    Denoiser,
     DiffusionLoss,
+    dynamic_threshold,
     min_snr_weight,
     q_sample,
+    quantile_per_sample,
     sample_lognormal_levels,
     sample_training_levels,
     split_prediction,
     target_for,
+    x0_clip_mode,
 )
 from diffsat.diffusion.schedules import NoiseSchedule
 
@@ -113,3 +117,86 @@ def test_l1_loss_value() -> None:
     out = loss(lambda xt, level: torch.ones_like(xt), x0, torch.Generator().manual_seed(0))
     assert float(out["loss"]) == pytest.approx(1.0)
     assert math.isfinite(float(out["level_mean"]))
+
+
+# --- x0 handling: static clipping and dynamic thresholding ------------------------------------------------
+
+
+def test_quantile_per_sample_matches_torch_quantile() -> None:
+    """Linear interpolation between order statistics: [1, 2, 3, 4] at p = 0.5 is 2.5; random rows agree
+    with ``torch.quantile`` at several p (including the end points)."""
+    assert quantile_per_sample(torch.tensor([[4.0, 1.0, 3.0, 2.0]]), 0.5).tolist() == [2.5]
+    x = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    for p in (0.0, 0.3, 0.995, 1.0):
+        torch.testing.assert_close(quantile_per_sample(x, p), torch.quantile(x.flatten(1), p, dim=1))
+
+
+def known_quantile_batch() -> torch.Tensor:
+    """(3, 1, 1, 201): sample 0 = (-1)^k k / 100 (|x| = 0, 0.01, ..., 2.00, so its 0.995-quantile is the
+    order statistic at rank 0.995 * 200 = 199: 1.99); sample 1 = k / 400 - 0.25 (all |x| <= 0.25);
+    sample 2 = 0.5 everywhere except one 10.0 (|x| quantile 0.5)."""
+    k = torch.arange(201, dtype=torch.float32)
+    wide = torch.where(k % 2 == 0, 1.0, -1.0) * k / 100
+    narrow = k / 400 - 0.25
+    outlier = torch.full((201,), 0.5)
+    outlier[17] = 10.0
+    return torch.stack([wide, narrow, outlier]).reshape(3, 1, 1, 201)
+
+
+def test_dynamic_threshold_hand_computed() -> None:
+    """Imagen's s = max(1, quantile(|x0|, 0.995)) per sample, x0 -> clamp(x0, -s, s) / s."""
+    x0 = known_quantile_batch()
+    out = dynamic_threshold(x0)
+    wide = out[0].flatten()
+    # s = 1.99: 2.00 (k = 200) -> 1, -1.99 (k = 199) -> -1, 1.00 (k = 100) -> 1 / 1.99, 0.5 -> 0.5 / 1.99
+    assert wide[200].item() == pytest.approx(1.0)
+    assert wide[199].item() == pytest.approx(-1.0)
+    assert wide[100].item() == pytest.approx(1 / 1.99)
+    assert wide[50].item() == pytest.approx(0.5 / 1.99)
+    torch.testing.assert_close(wide, x0[0].flatten().clamp(-1.99, 1.99) / 1.99)
+    torch.testing.assert_close(out[1], x0[1])  # s = max(1, 0.25) = 1 and nothing exceeds 1: unchanged
+    expected = torch.full((201,), 0.5)
+    expected[17] = 1.0  # s = max(1, 0.5) = 1: a lone outlier is clamped exactly as static clipping does
+    torch.testing.assert_close(out[2].flatten(), expected)
+    # another percentile: p = 0.5 of sample 0 is the median |x| = 1.00, so s = 1 and it is only clamped
+    torch.testing.assert_close(dynamic_threshold(x0, 0.5)[0], x0[0].clamp(-1, 1))
+
+
+@pytest.mark.parametrize("objective", ["eps", "x0", "v"])
+@pytest.mark.parametrize("mode", ["static", "dynamic", "none", True, False])
+def test_x0_handling_keeps_the_pair_consistent(objective: str, mode: object) -> None:
+    """Each mode turns the raw x0 estimate into the documented one, and eps is recomputed so that
+    ``alpha x0 + sigma eps`` is still ``x_t``; True / False are the older names of static / none."""
+    g = torch.Generator().manual_seed(4)
+    xt, pred = 2 * torch.randn(4, 2, 6, 6, generator=g), 3 * torch.randn(4, 2, 6, 6, generator=g)
+    level = torch.tensor([0.2, 0.5, 0.8, 0.95])
+    raw, _ = split_prediction(objective, pred, xt, level, clip_x0="none")
+    x0, eps = split_prediction(objective, pred, xt, level, clip_x0=mode)
+    expected = {"static": raw.clamp(-1, 1), "dynamic": dynamic_threshold(raw), "none": raw}[x0_clip_mode(mode)]
+    torch.testing.assert_close(x0, expected)
+    torch.testing.assert_close(q_sample(x0, level, eps), xt, atol=1e-5, rtol=1e-5)
+    if x0_clip_mode(mode) != "none":
+        assert x0.abs().max() <= 1.0
+    if x0_clip_mode(mode) == "dynamic":  # it rescaled (s > 1), rather than only clamped, some samples
+        assert not torch.allclose(x0, raw.clamp(-1, 1))
+
+
+def test_denoiser_x0_clip_names_and_errors() -> None:
+    net = torch.nn.Identity()
+    assert Denoiser(net, clip_x0=True).clip_x0 == "static"
+    assert Denoiser(net, clip_x0=False).clip_x0 == "none"
+    assert Denoiser(net, clip_x0="dynamic").clip_x0 == "dynamic"
+    with pytest.raises(ValueError, match="unknown x0 clip 'soft': one of static, dynamic, none"):
+        Denoiser(net, clip_x0="soft")
+    with pytest.raises(ValueError, match=r"quantile must be in \(0, 1\]"):
+        Denoiser(net, clip_x0="dynamic", quantile=1.5)
+
+
+def test_denoiser_dynamic_uses_its_quantile() -> None:
+    """The denoiser hands its quantile to dynamic thresholding: an x0 network emitting the known batch."""
+    x0 = known_quantile_batch()
+    level = torch.full((3,), 0.5)
+    out, _ = Denoiser(lambda x, lv: x0, "x0", clip_x0="dynamic", quantile=0.5)(torch.zeros_like(x0), level)
+    torch.testing.assert_close(out, dynamic_threshold(x0, 0.5))
+    out, _ = Denoiser(lambda x, lv: x0, "x0", clip_x0="dynamic")(torch.zeros_like(x0), level)
+    torch.testing.assert_close(out, dynamic_threshold(x0, 0.995))

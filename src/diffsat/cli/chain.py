@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         subparsers,
         "chain",
         "Save the denoising chain (x_T ... x_0 at evenly spaced steps) of N samples as one figure.",
-        "diffsat chain runs/mnist --out chain.png --n 3 --frames 11 --steps 100",
+        "diffsat chain runs/mnist --out chain.png --n 3 --frames 11 --sampler ddim --steps 50 --eta 0.5",
     )
     add_model_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="figure file (.png, .pdf, .svg)")
@@ -30,11 +30,12 @@ def run(args: argparse.Namespace) -> int:
 
     if not 2 <= args.frames <= args.steps + 1:
         raise DiffsatError(f"--frames must be between 2 and --steps + 1 ({args.steps + 1}), got {args.frames}")
+    settings = settings_from(args)  # refuses bad option combinations before loading the network
     net = load_network(args)
-    frames, fractions = chain_frames(net, net.diffsat_config, args.n, args.seed, settings_from(args),
+    frames, fractions = chain_frames(net, net.diffsat_config, args.n, args.seed, settings,
                                      frames=args.frames, schedule=net.diffsat_schedule, progress=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    title = f"{args.sampler}, {args.steps} steps, seed {args.seed}"
+    title = f"{settings.describe()}, seed {args.seed}"
     plot_chain(frames, fractions, args.out, title=title)
     print(f"chain of {args.n} sample(s), {args.frames} frames -> {args.out}")
     return 0

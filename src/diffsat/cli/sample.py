@@ -6,7 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ..samplers import SAMPLERS
+from ..diffusion.objective import X0_CLIPS
+from ..samplers import SAMPLERS, SPACINGS
 from .common import add_device, add_parser, positive_int
 
 
@@ -17,6 +18,20 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ancestral", help="default: ancestral")
     p.add_argument("--steps", type=positive_int, default=100, help="network evaluations (default: 100)")
+    p.add_argument("--spacing", choices=list(SPACINGS), default=None,
+                   help="which of the model's T noise levels the K steps visit: uniform (evenly spaced steps), "
+                        "quadratic (denser near the clean image), trailing (diffusers' name: steps T, T - T/K, "
+                        "...; on this step grid it equals uniform up to rounding), logsnr (evenly spaced in "
+                        "log signal-to-noise ratio). Default: the sampler's own (ancestral and ddim: uniform, "
+                        "dpm++: logsnr)")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM only: noise injected per step, from 0 (deterministic DDIM, the default) to 1 "
+                        "(as much as ancestral DDPM sampling); an error with the other samplers")
+    p.add_argument("--x0-clip", choices=list(X0_CLIPS), default="static",
+                   help="how each step's estimate of the clean image x0 is kept in [-1, 1]: static = clamp "
+                        "(default); dynamic = Imagen's dynamic thresholding (per image s = max(1, 99.5th "
+                        "percentile of |x0|), then x0 = clamp(x0, -s, s) / s: rescales instead of flattening "
+                        "saturated pixels); none = no clipping (the saved images are clamped either way)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -29,11 +44,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace):
+    """The :class:`~diffsat.sampling.SampleSettings` the arguments ask for (a ``SampleSettingsError`` for
+    options that do not fit together, e.g. ``--eta`` without ``--sampler ddim``)."""
     from ..sampling import SampleSettings
 
     bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
     return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device,
-                          compile=args.compile)
+                          compile=args.compile, spacing=args.spacing, eta=args.eta, x0_clip=args.x0_clip)
 
 
 def load_network(args: argparse.Namespace):
@@ -64,10 +81,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..sampling import generate, save_grid, save_pngs
 
+    settings = settings_from(args)  # refuses bad option combinations before loading the network
     net = load_network(args)
     config, schedule = net.diffsat_config, net.diffsat_schedule
     start = time.perf_counter()
-    images = generate(net, config, args.n, args.seed, settings_from(args), schedule=schedule)
+    images = generate(net, config, args.n, args.seed, settings, schedule=schedule)
     seconds = time.perf_counter() - start
     save_pngs(images, args.out)
     shown = images[: args.grid * args.grid]

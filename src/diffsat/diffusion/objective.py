@@ -49,11 +49,66 @@ def target_for(objective: Objective, x0: torch.Tensor, noise: torch.Tensor, leve
     return targets[objective]()
 
 
+X0_CLIPS = ("static", "dynamic", "none")
+"""How a sampler's x0 estimate is kept in the data range [-1, 1] (``X0Clip``): ``static`` clamps it,
+``dynamic`` is Imagen's dynamic thresholding (:func:`dynamic_threshold`), ``none`` leaves it alone."""
+
+X0Clip = str  # one of X0_CLIPS
+
+DYNAMIC_QUANTILE = 0.995
+"""The default percentile p of |x0| for dynamic thresholding (diffusers' ``dynamic_thresholding_ratio``
+default; Saharia et al. 2022 leave p as a hyperparameter)."""
+
+
+def x0_clip_mode(clip: bool | X0Clip) -> X0Clip:
+    """The x0 handling named by ``clip``: a name of :data:`X0_CLIPS`, or the older boolean (True = static,
+    False = none). ``ValueError`` naming the choices otherwise."""
+    if isinstance(clip, bool):
+        return "static" if clip else "none"
+    if clip not in X0_CLIPS:
+        raise ValueError(f"unknown x0 clip '{clip}': one of {', '.join(X0_CLIPS)}")
+    return clip
+
+
+def quantile_per_sample(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The ``p``-quantile of each sample's values, linearly interpolated between order statistics (as
+    ``torch.quantile`` and ``numpy.quantile`` do): ``x`` (B, ...) -> (B,). Uses ``kthvalue``, so it has no
+    ``torch.quantile`` size limit (16M elements) and runs in linear time."""
+    flat = x.reshape(x.shape[0], -1)
+    pos = p * (flat.shape[1] - 1)  # 0-based fractional rank
+    k = int(pos)
+    low = flat.kthvalue(k + 1, dim=1).values
+    if k + 1 >= flat.shape[1] or pos == k:
+        return low
+    high = flat.kthvalue(k + 2, dim=1).values
+    return low + (pos - k) * (high - low)
+
+
+def dynamic_threshold(x0: torch.Tensor, p: float = DYNAMIC_QUANTILE) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022, sec. 2.3): per sample
+    ``s = max(1, quantile(|x0|, p))`` and ``x0 <- clamp(x0, -s, s) / s``. A sample whose values mostly lie
+    in [-1, 1] (``s = 1``) is only clamped, as by static clipping; a saturated one is pulled back
+    inwards rather than flattened at +-1. ``x0``: (B, C, H, W) -> same shape, in [-1, 1]."""
+    s = _bc(quantile_per_sample(x0.abs(), p).clamp_min(1.0), x0)
+    return x0.clamp(-s, s) / s
+
+
 def split_prediction(
-    objective: Objective, pred: torch.Tensor, x_t: torch.Tensor, level: torch.Tensor, clip_x0: bool = False
+    objective: Objective,
+    pred: torch.Tensor,
+    x_t: torch.Tensor,
+    level: torch.Tensor,
+    clip_x0: bool | X0Clip = False,
+    quantile: float = DYNAMIC_QUANTILE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network output into ``(x0_hat, eps_hat)``; with ``clip_x0`` the x0 estimate is clamped to
-    [-1, 1] and eps recomputed from it (so the pair stays consistent with ``x_t``)."""
+    """Turn a network output into ``(x0_hat, eps_hat)``.
+
+    ``clip_x0`` (see :data:`X0_CLIPS`; True = ``"static"``, False = ``"none"``): ``static`` clamps the x0
+    estimate to [-1, 1], ``dynamic`` applies :func:`dynamic_threshold` with percentile ``quantile``; in both
+    cases eps is recomputed from the new x0 (``eps = (x_t - alpha x0) / sigma``) so the pair stays
+    consistent with ``x_t``.
+    """
+    mode = x0_clip_mode(clip_x0)
     a = _bc(level, x_t)
     s = sigma_of(a)
     if objective == "eps":
@@ -64,9 +119,11 @@ def split_prediction(
         x0 = a * x_t - s * pred
     else:
         raise ValueError(f"unknown objective '{objective}': eps, x0 or v")
-    if clip_x0:
+    if mode == "static":
         x0 = x0.clamp(-1.0, 1.0)
-    if objective == "eps" and not clip_x0:
+    elif mode == "dynamic":
+        x0 = dynamic_threshold(x0, quantile)
+    if objective == "eps" and mode == "none":
         return x0, pred
     eps = (x_t - a * x0) / s.clamp_min(1e-6)
     return x0, eps
@@ -76,20 +133,28 @@ def split_prediction(
 class Denoiser:
     """A trained network seen by samplers: ``denoiser(x_t, level) -> (x0_hat, eps_hat)``.
 
-    Wraps the raw U-Net output according to ``objective``, runs it under bf16 autocast when asked, and
-    returns float32 tensors of the input's shape.
+    Wraps the raw U-Net output according to ``objective``, keeps x0 in range as ``clip_x0`` says (a name
+    of :data:`X0_CLIPS` or a boolean, see :func:`split_prediction`; ``quantile`` is the dynamic
+    percentile), runs the network under bf16 autocast when asked, and returns float32 tensors of the
+    input's shape.
     """
 
     net: nn.Module
     objective: Objective = "eps"
-    clip_x0: bool = True
+    clip_x0: bool | X0Clip = True
     autocast_bf16: bool = False
+    quantile: float = DYNAMIC_QUANTILE
+
+    def __post_init__(self) -> None:
+        self.clip_x0 = x0_clip_mode(self.clip_x0)
+        if not 0.0 < self.quantile <= 1.0:
+            raise ValueError(f"dynamic thresholding quantile must be in (0, 1], got {self.quantile}")
 
     def __call__(self, x_t: torch.Tensor, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         level = level.to(torch.float32).expand(x_t.shape[0]) if level.dim() == 0 else level.float()
         with torch.autocast(x_t.device.type, dtype=torch.bfloat16, enabled=self.autocast_bf16):
             pred = self.net(x_t, level)
-        return split_prediction(self.objective, pred.float(), x_t, level, self.clip_x0)
+        return split_prediction(self.objective, pred.float(), x_t, level, self.clip_x0, self.quantile)
 
 
 def sample_training_levels(schedule: NoiseSchedule, batch: int, generator: torch.Generator) -> torch.Tensor:
