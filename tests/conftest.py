@@ -20,3 +20,18 @@ def shared_data() -> Path:
 # Tests never reach the network: the MNIST default source skips its download attempt (tests of the download
 # path set DIFFSAT_OFFLINE=0 and patch the fetch themselves).
 os.environ["DIFFSAT_OFFLINE"] = "1"
+
+
+def tiny_config(*, data: dict | None = None, diffusion: dict | None = None, model: dict | None = None,
+                **train: object) -> dict:
+    """A config (as the JSON dict) for a seconds-long CPU run on 28 px digits from the bundled offline MNIST:
+    base 8, mults [1, 2], attention at 14 px, a 100-step schedule, 32 images, 4 steps of batch 8. ``data``,
+    ``diffusion`` and ``model`` update those sections; keyword arguments update ``train``."""
+    return {
+        "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
+                  "norm_groups": 4, "image_size": 28, **(model or {})},
+        "diffusion": {"timesteps": 100, **(diffusion or {})},
+        "data": {"limit": 32, **(data or {})},
+        "train": {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 1000,
+                  "save_every": 2, "sample_steps": 3, "device": "cpu", **train},
+    }

@@ -4,18 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from diffsat.cli import main
 
-TINY = {
-    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
-              "norm_groups": 4, "image_size": 28},
-    "diffusion": {"timesteps": 100},
-    "data": {"limit": 32},
-    "train": {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 1000,
-              "save_every": 2, "sample_steps": 3, "device": "cpu"},
-}
+TINY = tiny_config()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from diffsat.cli import main
@@ -16,14 +17,7 @@ from diffsat.evaluation.compare import Evaluation, Metric
 from diffsat.report import fmt, sample_grids, write_report
 from diffsat.training.metrics import MetricsLog
 
-TINY = {
-    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
-              "norm_groups": 4, "image_size": 28},
-    "diffusion": {"timesteps": 100},
-    "data": {"limit": 32},
-    "train": {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 2,
-              "save_every": 4, "sample_steps": 3, "device": "cpu"},
-}
+TINY = tiny_config(sample_every=2, save_every=4)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert('x')</script>"
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from PIL import Image
 
 from diffsat.cli import main
@@ -15,14 +16,7 @@ from diffsat.data.transforms import to_uint8_hwc
 from diffsat.models.sr3_compat import load_model
 from diffsat.sampling import SampleSettings, generate
 
-TINY = {
-    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
-              "norm_groups": 4, "image_size": 28},
-    "diffusion": {"timesteps": 100},
-    "data": {"limit": 16},
-    "train": {"batch_size": 8, "max_steps": 2, "warmup_steps": 1, "log_every": 1, "sample_every": 1000,
-              "save_every": 2, "sample_steps": 2, "device": "cpu"},
-}
+TINY = tiny_config(data={"limit": 16}, max_steps=2, log_every=1, sample_steps=2)
 OPTIONS = ["--sampler", "ddim", "--eta", "0.5", "--spacing", "quadratic", "--x0-clip", "dynamic"]
 
 

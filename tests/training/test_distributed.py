@@ -10,19 +10,16 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 from diffsat.config import parse_config
 from diffsat.training.loop import Trainer
 
-TINY = {
-    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
-              "norm_groups": 4, "image_size": 28, "dropout": 0.0},
-    "diffusion": {"timesteps": 100, "min_snr_gamma": 5.0},
-    "data": {"limit": 40, "hflip": True},
-    "train": {"batch_size": 4, "max_steps": 5, "warmup_steps": 1, "log_every": 1, "sample_every": 1000,
-              "save_every": 1000, "sample_steps": 2, "device": "cpu", "lr": 1e-3, "threads": 1},
-}
+TINY = tiny_config(
+    model={"dropout": 0.0}, diffusion={"min_snr_gamma": 5.0}, data={"limit": 40, "hflip": True}, batch_size=4,
+    max_steps=5, log_every=1, save_every=1000, sample_steps=2, lr=1e-3, threads=1,
+)
 
 
 def free_port() -> int:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
 from diffsat.config import Config, parse_config
@@ -15,14 +16,7 @@ from diffsat.training.ema import EMA
 from diffsat.training.loop import Trainer, batch_indices, lr_at
 from diffsat.training.metrics import read_metrics
 
-TINY = {
-    "model": {"base_channels": 8, "channel_mults": [1, 2], "res_blocks": 1, "attn_resolutions": [14],
-              "norm_groups": 4, "image_size": 28},
-    "diffusion": {"timesteps": 100},
-    "data": {"limit": 64},
-    "train": {"batch_size": 8, "max_steps": 6, "warmup_steps": 2, "log_every": 2, "sample_every": 1000,
-              "save_every": 3, "sample_steps": 4, "device": "cpu", "lr": 2e-3},
-}
+TINY = tiny_config(data={"limit": 64}, max_steps=6, warmup_steps=2, save_every=3, sample_steps=4, lr=2e-3)
 
 
 def tiny(**sections) -> Config:
