@@ -35,3 +35,16 @@ def tiny_config(*, data: dict | None = None, diffusion: dict | None = None, mode
         "train": {"batch_size": 8, "max_steps": 4, "warmup_steps": 1, "log_every": 2, "sample_every": 1000,
                   "save_every": 2, "sample_steps": 3, "device": "cpu", **train},
     }
+
+
+def train_tiny_run(root: Path, config: dict) -> Path:
+    """Write ``config`` to ``root/tiny.json`` and train it with ``diffsat train --no-progress``; returns the
+    run directory ``root/run``."""
+    import json
+
+    from diffsat.cli import main
+
+    path = root / "tiny.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", str(path), "--out", str(root / "run"), "--no-progress"]) == 0
+    return root / "run"

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_tiny_run
 from PIL import Image
 
 from diffsat.cli import main
@@ -14,11 +14,7 @@ TINY = tiny_config()
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    config = root / "tiny.json"
-    config.write_text(json.dumps(TINY))
-    assert main(["train", str(config), "--out", str(root / "run"), "--no-progress"]) == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("cli"), TINY)
 
 
 def test_train_writes_a_run_directory(run_dir: Path) -> None:

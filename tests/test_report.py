@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_tiny_run
 from PIL import Image
 
 from diffsat.cli import main
@@ -24,11 +24,7 @@ HOSTILE = "<script>alert('x')</script>"
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("report")
-    config = root / "tiny.json"
-    config.write_text(json.dumps(TINY))
-    assert main(["train", str(config), "--out", str(root / "run"), "--no-progress"]) == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("report"), TINY)
 
 
 @pytest.fixture

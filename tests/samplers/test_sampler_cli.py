@@ -3,12 +3,11 @@ on a tiny trained run, and their one-line errors."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import tiny_config, train_tiny_run
 from PIL import Image
 
 from diffsat.cli import main
@@ -22,11 +21,7 @@ OPTIONS = ["--sampler", "ddim", "--eta", "0.5", "--spacing", "quadratic", "--x0-
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sampler_cli")
-    config = root / "tiny.json"
-    config.write_text(json.dumps(TINY))
-    assert main(["train", str(config), "--out", str(root / "run"), "--no-progress"]) == 0
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("sampler_cli"), TINY)
 
 
 def read_pngs(folder: Path, n: int) -> np.ndarray:
