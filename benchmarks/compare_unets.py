@@ -25,11 +25,11 @@ denoising-diffusion-pytorch imports ``torchvision`` at module level for its Trai
 image saving; its ``Unet`` never touches it. Without torchvision installed, this script lends the import a
 placeholder module that raises on any use, so no torchvision is installed anywhere.
 
-FLOPs are counted by PyTorch's ``FlopCounterMode`` over forward + backward (matmuls, convolutions,
-attention; element-wise work is not counted). ``diffsat.training.throughput.train_step_flops`` does not
-count the CPU kernel of ``scaled_dot_product_attention`` (``_scaled_dot_product_flash_attention_for_cpu``,
-used by diffsat and diffusers); the script also counts with that kernel registered ("full count"), and
-matches widths and reports GFLOP/s on the full count.
+FLOPs are counted by ``diffsat.training.throughput.train_step_flops`` (PyTorch's ``FlopCounterMode`` over
+forward + backward: matmuls, convolutions and attention, including the CPU kernel of
+``scaled_dot_product_attention`` that diffsat and diffusers run; element-wise work is not counted). Widths
+are matched and GFLOP/s reported on that count. (Results in RESULTS.md from before commit a939f4a show a
+second, smaller column: the count without the CPU attention kernel.)
 """
 
 from __future__ import annotations
@@ -53,12 +53,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-aten = torch.ops.aten
 
 
 class MissingPackage(Exception):
@@ -136,32 +134,6 @@ def versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# FLOP counting
-
-
-def _cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(q, k, v)
-
-
-def _cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, q, k, v)
-
-
-CPU_ATTENTION_FLOPS = {
-    aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
-    aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward,
-}
-
-
-def full_step_flops(loss: Callable[[], torch.Tensor]) -> int:
-    """Like ``train_step_flops``, with the CPU attention kernels counted as well."""
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
-    with counter:
-        loss().backward()
-    return int(counter.get_total_flops())
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Models and the shared training step
 
 
@@ -194,8 +166,7 @@ class Contender:
     width: str  # human description of the chosen width
     model: nn.Module
     forward: Forward
-    flops_diffsat_count: float = 0.0  # per image, train_step_flops
-    flops_full: float = 0.0  # per image, with CPU attention counted
+    flops: float = 0.0  # per image, train_step_flops
     optimizer: torch.optim.Optimizer | None = None
 
     @property
@@ -287,13 +258,12 @@ def train_step(c: Contender, inp: StepInputs, bf16: bool) -> None:
 
 
 def count_flops(c: Contender, w: Workload, batch: int = 2) -> None:
-    """Per-image FLOPs of forward + backward (both counts), from a small batch (the count is linear in B)."""
+    """Per-image FLOPs of forward + backward, from a small batch (the count is linear in B)."""
     from diffsat.training.throughput import train_step_flops
 
     inp = make_inputs(w, batch)
     c.model.train()
-    c.flops_diffsat_count = train_step_flops(lambda: loss_of(c, inp)) / batch
-    c.flops_full = full_step_flops(lambda: loss_of(c, inp)) / batch
+    c.flops = train_step_flops(lambda: loss_of(c, inp)) / batch
     c.model.zero_grad(set_to_none=True)
 
 
@@ -304,9 +274,9 @@ def match_width(target: float, widths: list[int], build: Callable[[int], Contend
         torch.manual_seed(0)
         c = build(width)
         count_flops(c, w)
-        if best is None or abs(math.log(c.flops_full / target)) < abs(math.log(best.flops_full / target)):
+        if best is None or abs(math.log(c.flops / target)) < abs(math.log(best.flops / target)):
             best = c
-        if c.flops_full > 1.5 * target:
+        if c.flops > 1.5 * target:
             break
     return best
 
@@ -372,16 +342,15 @@ def markdown(rows: list[Row], contenders: dict[str, list[Contender]], peaks: dic
              f"Timing: {meta['timing']}.", ""]
     for wname, cs in contenders.items():
         lines += [f"**{wname}**", "",
-                  "| model | width | parameters | GFLOP/image (full count) | GFLOP/image (`train_step_flops`) | vs diffsat |",
-                  "|---|---|---:|---:|---:|---:|"]
-        ref = cs[0].flops_full
+                  "| model | width | parameters | GFLOP/image | vs diffsat |",
+                  "|---|---|---:|---:|---:|"]
+        ref = cs[0].flops
         for c in cs:
-            lines.append(f"| {c.library} | {c.width} | {c.params:,} | {_fmt_flops(c.flops_full)} "
-                         f"| {_fmt_flops(c.flops_diffsat_count)} | {c.flops_full / ref:.2f} |")
+            lines.append(f"| {c.library} | {c.width} | {c.params:,} | {_fmt_flops(c.flops)} | {c.flops / ref:.2f} |")
         lines += ["", SPEED_HEADER, "|---|---|---:|---:|---:|---:|---:|---:|"]
         for row in (r for r in rows if r.workload.name == wname):
             ips = statistics.median(row.wall_ips)
-            gflops = ips * row.contender.flops_full / 1e9
+            gflops = ips * row.contender.flops / 1e9
             lines.append(
                 f"| {row.contender.library} | {'bf16 autocast' if row.bf16 else 'fp32'} | {ips:.1f} "
                 f"| {min(row.wall_ips):.1f}-{max(row.wall_ips):.1f} | {statistics.median(row.cpu_ips):.1f} "
@@ -415,14 +384,14 @@ def main() -> int:
         torch.manual_seed(0)
         ours = diffsat_contender(w)
         count_flops(ours, w)
-        cs = [ours] + [match_width(ours.flops_full, *factory(w, cls), w) for factory, cls in
+        cs = [ours] + [match_width(ours.flops, *factory(w, cls), w) for factory, cls in
                        ((lucidrains_factory, lucidrains_cls), (diffusers_factory, diffusers_cls))]
         contenders[w.name] = cs
         for c in cs:
             c.model.to(memory_format=torch.channels_last).train()
             c.optimizer = torch.optim.AdamW(c.model.parameters(), lr=1e-4, fused=True)
             print(f"{w.name}: {c.library} [{c.width}] {c.params:,} parameters, "
-                  f"{c.flops_full / 1e9:.3f} GFLOP/image", file=sys.stderr, flush=True)
+                  f"{c.flops / 1e9:.3f} GFLOP/image", file=sys.stderr, flush=True)
         for bf16 in (False, True):
             rows += [Row(w, c, bf16, make_inputs(w, w.batch)) for c in cs]
     for row in rows:
