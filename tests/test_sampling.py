@@ -196,3 +196,57 @@ def test_progress_bar_names_the_options(net, config, capsys) -> None:
     generate(net, config, 1, 0, settings(sampler="ddim", eta=0.5, spacing="quadratic", x0_clip="dynamic"),
              progress=True)
     assert "(ddim (eta 0.5), 6 steps, quadratic spacing, dynamic x0)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- class labels and classifier-free guidance
+
+COND = MODEL.model_copy(update={"num_classes": 3})
+
+
+@pytest.fixture()
+def cond_config() -> Config:
+    return Config(model=COND, diffusion={"timesteps": 100}, data={"image_size": 8, "channels": 1},
+                  train={"guidance": 2.0})
+
+
+@pytest.fixture()
+def cond_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = build_unet(COND)
+    with torch.no_grad():
+        net.label_emb.weight.normal_(std=3.0)  # as if trained: the classes change the output
+    return net
+
+
+def test_labels_choose_the_class_and_sample_i_keeps_its_label_across_batch_sizes(cond_net, cond_config) -> None:
+    every = generate(cond_net, cond_config, 6, 0, settings(batch_size=4), progress=False)  # labels 0 1 2 0 1 2
+    again = generate(cond_net, cond_config, 6, 0, settings(batch_size=6), progress=False)
+    assert torch.allclose(every, again, atol=1e-5)
+    sevens = generate(cond_net, cond_config, 6, 0, settings(), labels=[1], progress=False)
+    assert torch.allclose(sevens[1], every[1], atol=1e-5) and torch.allclose(sevens[4], every[4], atol=1e-5)
+    assert not torch.allclose(sevens[0], every[0], atol=1e-3)  # same noise, another class
+
+
+def test_guidance_defaults_to_the_run_config_and_one_means_conditional_only(cond_net, cond_config, capsys) -> None:
+    default = generate(cond_net, cond_config, 2, 0, settings(), progress=True)
+    assert "guidance 2)" in capsys.readouterr().err
+    explicit = generate(cond_net, cond_config, 2, 0, settings(guidance=2.0), progress=False)
+    assert torch.equal(default, explicit)
+    plain = generate(cond_net, cond_config, 2, 0, settings(guidance=1.0), progress=False)
+    assert not torch.allclose(plain, default, atol=1e-3)
+
+
+@pytest.mark.parametrize("kw, message", [({"labels": [1]}, "--label needs a class-conditional model"),
+                                         ({"guidance": 2.0}, "--guidance 2 needs a class-conditional model")])
+def test_labels_and_guidance_on_an_unconditional_model_are_clear_errors(net, config, kw, message) -> None:
+    from diffsat.diffusion.guidance import LabelError
+
+    labels = kw.pop("labels", None)
+    with pytest.raises(LabelError, match=message):
+        generate(net, config, 1, 0, settings(**kw), labels=labels, progress=False)
+
+
+def test_chain_of_a_conditional_model_follows_the_label(cond_net, cond_config) -> None:
+    frames, _ = chain_frames(cond_net, cond_config, 1, 0, settings(), frames=3, labels=[2])
+    images = generate(cond_net, cond_config, 1, 0, settings(), labels=[2], progress=False)
+    assert torch.allclose(frames[-1], images, atol=1e-5)

@@ -41,6 +41,10 @@ class ModelConfig(_Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     norm_groups: int = Field(32, ge=1)
     image_size: int = Field(28, ge=1)
+    num_classes: int | None = Field(None, ge=1)
+    """Class-conditional network: a learned class embedding (``label_emb``, one row per class plus a "no
+    class" row for classifier-free guidance) is added to the noise-level embedding. The training data must
+    carry labels (MNIST digits, an image folder's class sub-folders). ``None``: unconditional, as SR3."""
 
 
 class DiffusionConfig(_Section):
@@ -137,6 +141,14 @@ class TrainConfig(_Section):
     sample_every: int = Field(1000, ge=1)
     sample_steps: int = Field(100, ge=1)
     """Ancestral steps used for the periodic sample grids."""
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Class-conditional models (``model.num_classes``): the fraction of training images shown with the
+    "no class" label, so that one network also learns the unconditional model that classifier-free
+    guidance needs (Ho & Salimans 2022, sec. 3.2)."""
+    guidance: float = Field(1.0, ge=0.0)
+    """Class-conditional models: classifier-free guidance scale of the periodic grids and evaluation samples,
+    and the default of ``diffsat sample --guidance`` (1 = the conditional model alone, 0 = unconditional,
+    > 1 = guided). Must be 1 for an unconditional model."""
     save_every: int = Field(1000, ge=1)
     eval_every: int | None = Field(None, ge=1)
     """Log sample-quality numbers (digit classifier or SWD) every N steps; ``None`` = off."""
@@ -166,6 +178,11 @@ class Config(_Section):
             )
         if self.diffusion.beta_start > self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must not exceed diffusion.beta_end")
+        if m.num_classes is None and self.train.guidance != 1.0:
+            raise ValueError(
+                f"train.guidance ({self.train.guidance:g}) needs a class-conditional model: set model.num_classes "
+                "or leave train.guidance at 1"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ not depend on ``batch_size``. Everything runs under ``torch.inference_mode``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data.transforms import to_uint8_hwc
+from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, Denoiser, X0Clip, x0_clip_mode
 from .diffusion.schedules import NoiseSchedule
 from .errors import DiffsatError
+from .fileio import atomic_write_text
 from .runtime import resolve_device
 from .samplers import SAMPLERS, SPACINGS
 from .samplers.common import Callback, StepInfo, make_generators, randn_per_sample
@@ -50,6 +52,9 @@ class SampleSettings:
     baked into the compiled graph, so compile a network only for sampling, not between training steps). On
     the 2-core CPU of benchmarks/RESULTS.md the 391M network compiles for 1-2 minutes and then runs no
     reliably faster than eager mode (-5% to +30% per step across runs); it may pay on GPUs or larger CPUs.
+    ``guidance``: classifier-free guidance scale for a class-conditional model (see
+    :mod:`diffsat.diffusion.guidance`); ``None`` = the model config's ``train.guidance``. A scale other than 1
+    costs two network evaluations per step (one call on a doubled batch).
 
     Invalid combinations raise :class:`SampleSettingsError` when the settings are made.
     """
@@ -65,6 +70,7 @@ class SampleSettings:
     spacing: str | None = None
     eta: float = 0.0
     x0_quantile: float = DYNAMIC_QUANTILE
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -80,12 +86,21 @@ class SampleSettings:
                 f"eta (--eta {self.eta:g}) is a DDIM option and sampler '{self.sampler}' has none: "
                 "use the ddim sampler (--sampler ddim) or leave eta at 0"
             )
+        if self.guidance is not None and not self.guidance >= 0:
+            raise SampleSettingsError(f"guidance must be >= 0 (1 = the conditional model alone), got {self.guidance}")
         if not 0 < self.x0_quantile <= 1:
             raise SampleSettingsError(f"x0_quantile must be in (0, 1], got {self.x0_quantile}")
         try:
             self.x0_clip = x0_clip_mode(self.x0_clip)
         except ValueError as err:
             raise SampleSettingsError(str(err)) from None
+
+    def for_model(self, config: Config) -> "SampleSettings":
+        """These settings with ``guidance`` filled from ``config.train.guidance`` for a class-conditional
+        model when left at ``None`` (so :meth:`describe` names the scale actually used)."""
+        if self.guidance is None and config.model.num_classes is not None:
+            return replace(self, guidance=config.train.guidance)
+        return self
 
     def use_bf16(self, device: torch.device) -> bool:
         return self.bf16 if self.bf16 is not None else device.type == "cuda"
@@ -106,6 +121,8 @@ class SampleSettings:
             parts.append(f"{self.spacing} spacing")
         if self.x0_clip != "static":
             parts.append("dynamic x0" if self.x0_clip == "dynamic" else "unclipped x0")
+        if self.guidance is not None and self.guidance != 1.0:
+            parts.append(f"guidance {self.guidance:g}")
         return ", ".join(parts)
 
 
@@ -130,6 +147,27 @@ def _with_progress(bar: tqdm, callback: Callback | None) -> Callback:
     return step
 
 
+def class_labels(config: Config, n: int, settings: SampleSettings,
+                 labels: Sequence[int] | None = None) -> tuple[torch.Tensor | None, float]:
+    """The labels ``(n,)`` of ``n`` samples and the guidance scale, for ``config``'s model.
+
+    A class-conditional model gets ``labels`` cycled (default: every class in turn) and ``settings.guidance``
+    (default: ``config.train.guidance``); an unconditional one gets ``(None, 1.0)``, and a
+    :class:`~diffsat.diffusion.guidance.LabelError` when labels or a guidance scale other than 1 are asked of it.
+    """
+    num_classes = config.model.num_classes
+    if num_classes is None:
+        if labels:
+            raise LabelError("--label needs a class-conditional model (model.num_classes); this one has no classes")
+        if settings.guidance not in (None, 1.0):
+            raise LabelError(
+                f"--guidance {settings.guidance:g} needs a class-conditional model (model.num_classes); "
+                "leave it at 1 for this unconditional one"
+            )
+        return None, 1.0
+    return sample_labels(n, num_classes, labels), settings.for_model(config).guidance
+
+
 def generate(
     net: torch.nn.Module,
     config: Config,
@@ -137,17 +175,21 @@ def generate(
     seed: int,
     settings: SampleSettings,
     *,
+    labels: Sequence[int] | None = None,
     schedule: NoiseSchedule | None = None,
     callback_factory: Callable[[int], Callback | None] | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
 
+    ``labels``: class labels for a class-conditional model, cycled over the samples (sample ``i`` gets
+    ``labels[i % len(labels)]``; default: class ``i % num_classes``), see :func:`class_labels`.
     ``callback_factory(first_index)`` may return a per-batch step callback (used for chains). The progress
     bar counts sampler steps over all batches (``ceil(n / batch_size) * steps``) and shows images done.
     The network is prepared outside inference mode (its parameters stay ordinary tensors, e.g. for EMA
     updates) and the returned tensor is an ordinary tensor.
     """
+    settings = settings.for_model(config)
     device = resolve_device(settings.device)
     net = prepare_net(net, settings, device)
     schedule = schedule or NoiseSchedule.from_config(config.diffusion)
@@ -156,8 +198,7 @@ def generate(
             f"{settings.steps} steps asked of a schedule of {schedule.timesteps} timesteps: use at most "
             f"{schedule.timesteps} (--steps)"
         )
-    denoiser = Denoiser(net, config.diffusion.objective, settings.x0_clip, settings.use_bf16(device),
-                        settings.x0_quantile)
+    sample_classes, scale = class_labels(config, n, settings, labels)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
     sample_fn, options = SAMPLERS[settings.sampler], settings.sampler_options()
     batches = -(-n // settings.batch_size)
@@ -173,6 +214,10 @@ def generate(
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
+            prediction = net if sample_classes is None else guided_prediction(
+                net, sample_classes[start : start + count], scale, config.model.num_classes)
+            denoiser = Denoiser(prediction, config.diffusion.objective, settings.x0_clip, settings.use_bf16(device),
+                                settings.x0_quantile)
             x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback,
                            **options)
             out.append(x0.float().clamp(-1, 1).cpu().contiguous())
@@ -189,11 +234,12 @@ def chain_frames(
     frames: int = 11,
     schedule: NoiseSchedule | None = None,
     progress: bool = False,
+    labels: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
     Returns ``(frames, n, C, H, W)`` in [-1, 1] (x_T clamped for display) and the step fraction of each
-    frame (1.0 = pure noise, 0.0 = final image).
+    frame (1.0 = pure noise, 0.0 = final image). ``labels``: as in :func:`generate`.
     """
     steps = settings.steps
     wanted = {round(k * steps / (frames - 1)) for k in range(frames)}
@@ -209,10 +255,18 @@ def chain_frames(
     start_noise = randn_per_sample(
         (config.model.in_channels, config.model.image_size, config.model.image_size), make_generators(seed, n)
     )
-    generate(net, config, n, seed, settings, schedule=schedule, callback_factory=factory, progress=progress)
+    generate(net, config, n, seed, settings, labels=labels, schedule=schedule, callback_factory=factory,
+             progress=progress)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
     return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]
+
+
+def write_labels(labels: torch.Tensor, path: Path, prefix: str = "sample") -> Path:
+    """``labels.txt`` beside the PNGs: one ``prefix_00000.png <label>`` line per sample."""
+    lines = [f"{prefix}_{i:05d}.png {int(label)}" for i, label in enumerate(labels)]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = "sample", start: int = 0) -> list[Path]:

@@ -112,3 +112,18 @@ def test_to_dict_is_strict_json_with_non_finite_numbers_as_null() -> None:
     assert data["metrics"]["classes_present"]["value"] == 1
     assert data["settings"]["kid_subsets"] == 5 and data["kind"] == "digits"
     assert data["details"]["digits"]["samples"]["histogram"][0] + sum(data["details"]["digits"]["samples"]["histogram"][1:]) == 20
+
+
+def test_class_conditional_samples_are_scored_against_the_class_they_were_drawn_for() -> None:
+    torch.manual_seed(0)
+    classifier = DigitClassifier().eval()
+    reference_images = _blobs(120, 1, 28, seed=0)
+    predicted = classifier.predict_proba(reference_images).argmax(dim=1)
+    reference = ImageSet(reference_images, predicted, "real, labelled as the classifier sees them")
+    base_idx, _ = split_reference(120, 40, FAST.seed)
+    wrong = (predicted[base_idx] + 1) % 10
+    for labels, expected in ((predicted[base_idx], 1.0), (wrong, 0.0)):
+        samples = ImageSet(reference_images[base_idx], labels, "conditional samples")
+        result = evaluate(samples, reference, classifier=classifier, settings=FAST)
+        match = next(m for m in result.metrics if m.key == "class_match")
+        assert (match.value, match.baseline) == (expected, 1.0)

@@ -123,3 +123,16 @@ def test_a_run_directory_gives_its_training_images_or_its_held_out_images(tmp_pa
     train = load_real(run, 3, 20, training=True)
     assert len(train) == 8 and not any(torch.equal(h, t) for h in held.images for t in train.images)
     assert json.loads((run / "config.json").read_text())["data"]["holdout"] == 5
+
+
+def test_labels_txt_of_conditional_samples_gives_each_file_its_class(tmp_path: Path) -> None:
+    folder = write_pngs(tmp_path / "s", _random_pixels((3, 28, 28)))
+    assert load_samples(folder).labels is None
+    (folder / "labels.txt").write_text("sample_00000.png 7\nsample_00001.png 1\nsample_00002.png 7\n")
+    assert load_samples(folder).labels.tolist() == [7, 1, 7]
+    (folder / "labels.txt").write_text("sample_00000.png 7\nsample_00001.png 1\n")
+    with pytest.raises(EvaluationError, match="names no class for sample_00002.png"):
+        load_samples(folder)
+    (folder / "labels.txt").write_text("sample_00000.png seven\n")
+    with pytest.raises(EvaluationError, match="line 1: expected 'FILE LABEL'"):
+        load_samples(folder)

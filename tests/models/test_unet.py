@@ -72,3 +72,43 @@ def _params(config_file: str) -> int:
 )
 def test_preset_parameter_counts(config_file: str, expected: int) -> None:
     assert _params(config_file) == expected
+
+
+# ------------------------------------------------------------------------------- class-conditional networks
+
+
+def test_class_embedding_exists_only_for_conditional_networks() -> None:
+    assert "label_emb.weight" not in build_unet(small(image_size=28)).state_dict()
+    net = build_unet(small(image_size=28, num_classes=10))
+    weight = net.state_dict()["label_emb.weight"]
+    assert weight.shape == (11, 8) and bool((weight == 0).all())  # 10 classes + "no class", zero at the start
+    assert net.null_label == 10
+
+
+def test_a_new_conditional_network_is_the_unconditional_one_and_labels_act_once_learnt() -> None:
+    torch.manual_seed(0)
+    plain = build_unet(small(image_size=28)).eval()
+    torch.manual_seed(0)
+    cond = build_unet(small(image_size=28, num_classes=3)).eval()
+    x, level = torch.randn(3, 1, 28, 28), torch.tensor([0.2, 0.5, 0.8])
+    labels = torch.tensor([0, 1, 2])
+    assert torch.equal(cond(x, level, labels), plain(x, level))  # zero-initialised embedding
+    with torch.no_grad():
+        cond.label_emb.weight.normal_()
+    same_x = x[:1].expand(3, -1, -1, -1)
+    out = cond(same_x, torch.full((3,), 0.5), labels)
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+    assert torch.equal(cond(x, level), cond(x, level, torch.full((3,), 3)))  # None = "no class"
+
+
+@pytest.mark.parametrize(
+    "num_classes, labels, message",
+    [(None, torch.tensor([0]), "class labels given to an unconditional network"),
+     (3, torch.tensor([4]), "class labels must be in 0..2 \\(or 3 = no class\\)"),
+     (3, torch.tensor([-1]), "class labels must be in 0..2"),
+     (3, torch.tensor([0, 1]), "2 class labels for a batch of 1 images")],
+)
+def test_wrong_labels_are_clear_errors(num_classes, labels, message) -> None:
+    net = build_unet(small(image_size=28, num_classes=num_classes))
+    with pytest.raises(ModelShapeError, match=message):
+        net(torch.randn(1, 1, 28, 28), torch.tensor([0.5]), labels)

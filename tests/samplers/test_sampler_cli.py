@@ -89,3 +89,43 @@ def test_help_explains_the_options(verb: str, capsys) -> None:
     for words in ("--spacing {uniform,quadratic,trailing,logsnr}", "dpm++: logsnr", "--eta ETA", "DDIM only",
                   "--x0-clip {static,dynamic,none}", "dynamic thresholding"):
         assert words in text, words
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = tiny_config(data={"limit": 16}, model={"num_classes": 10}, max_steps=2, log_every=1, sample_steps=2,
+                         guidance=2.0)
+    return train_tiny_run(tmp_path_factory.mktemp("conditional_cli"), config)
+
+
+def test_sample_by_class_with_guidance(conditional_run: Path, tmp_path: Path) -> None:
+    argv = ["sample", str(conditional_run), "--n", "4", "--steps", "3", "--device", "cpu", "--label", "3,8",
+            "--guidance", "1.5", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0
+    assert (tmp_path / "s" / "labels.txt").read_text().split() == [
+        "sample_00000.png", "3", "sample_00001.png", "8", "sample_00002.png", "3", "sample_00003.png", "8"]
+    net = load_model(conditional_run)
+    settings = SampleSettings("ancestral", 3, device="cpu", guidance=1.5)
+    expected = to_uint8_hwc(generate(net, net.diffsat_config, 4, 0, settings, labels=[3, 8], progress=False))
+    assert np.array_equal(read_pngs(tmp_path / "s", 4), expected[..., 0])
+    assert main(["chain", str(conditional_run), "--n", "1", "--steps", "3", "--frames", "2", "--label", "5",
+                 "--out", str(tmp_path / "c.png")]) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--guidance", "2"], "diffsat: error: --guidance 2 needs a class-conditional model (model.num_classes)"),
+    (["--label", "3"], "diffsat: error: --label needs a class-conditional model (model.num_classes)"),
+])
+def test_labels_on_an_unconditional_run_are_one_line_errors(flags, message, run_dir: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    assert main(["sample", str(run_dir), "--out", str(tmp_path / "s"), "--steps", "2", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err
+
+
+def test_out_of_range_label_is_a_one_line_error(conditional_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["sample", str(conditional_run), "--out", str(tmp_path / "s"), "--label", "10"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "diffsat: error: class label 10 out of range: this model has classes 0..9 (--label)")
+    with pytest.raises(SystemExit):
+        main(["sample", str(conditional_run), "--out", str(tmp_path / "s"), "--label", "x"])

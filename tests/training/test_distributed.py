@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import tiny_config
@@ -37,9 +38,15 @@ def _rank(rank: int, world: int, port: int, config: dict, out: str) -> None:
     train(parse_config(config), Path(out) / "run", progress=False)
 
 
-def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path) -> None:
-    mp.spawn(_rank, args=(2, free_port(), TINY, str(tmp_path / "ddp")), nprocs=2, join=True)
-    single = json.loads(json.dumps(TINY))
+CONDITIONAL = json.loads(json.dumps(TINY))
+CONDITIONAL["model"]["num_classes"] = 10
+CONDITIONAL["train"]["label_dropout"] = 0.3
+
+
+@pytest.mark.parametrize("config", [TINY, CONDITIONAL], ids=["unconditional", "class-conditional"])
+def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, config: dict) -> None:
+    mp.spawn(_rank, args=(2, free_port(), config, str(tmp_path / "ddp")), nprocs=2, join=True)
+    single = json.loads(json.dumps(config))
     single["train"]["batch_size"] = 8  # = 4 per rank x 2 ranks
     trainer = Trainer(parse_config(single), tmp_path / "single")
     trainer.run(progress=False)

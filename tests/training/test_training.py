@@ -1,5 +1,6 @@
 """Training: the loss falls on real digits, checkpoints round-trip, resume is exact, errors are clear."""
 
+import functools
 import math
 from pathlib import Path
 
@@ -212,3 +213,68 @@ def test_flop_count_includes_attention() -> None:
     n, c, hw = 2, 8, 49
     convs = 3 * (2 * n * hw * c * (3 * c) + 2 * n * hw * c * c)
     assert flops == convs + 7 * (2 * n * hw * hw * c)
+
+
+# ------------------------------------------------------------------------------ class-conditional training
+
+
+def two_tone_classes(n: int = 32) -> ImageDataset:
+    """Class 0: dark images (-0.8), class 1: bright images (+0.8), alternating; 28 px, one channel."""
+    labels = torch.arange(n) % 2
+    images = torch.where(labels.view(-1, 1, 1, 1) == 1, 0.8, -0.8).expand(n, 1, 28, 28).contiguous()
+    return ImageDataset(images.float(), labels, "two tones")
+
+
+def test_the_loss_sees_each_image_with_its_label(tmp_path: Path) -> None:
+    cfg = tiny(model={"num_classes": 3}, train={"batch_size": 16, "label_dropout": 0.25})
+    trainer = Trainer(cfg, tmp_path / "run", dataset=two_tone_classes())  # classes 0 and 1 only, of 3
+    with torch.no_grad():
+        trainer.model.label_emb.weight.normal_()  # so that every row passes a gradient on
+    trainer.forward_loss().backward()
+    grad = trainer.model.label_emb.weight.grad.abs().sum(dim=1)
+    assert grad[0] > 0 and grad[1] > 0 and grad[3] > 0  # the two classes and "no class" (label dropout)
+    assert grad[2] == 0  # a class without images gets no gradient
+    x, labels = trainer.next_batch()
+    shuffled = functools.partial(trainer.model, labels=labels.flip(0))
+    trained = functools.partial(trainer.model, labels=labels)
+    generator = torch.Generator().manual_seed(0)
+    loss_fn = trainer.loss_fn
+    assert loss_fn(trained, x, generator.manual_seed(0))["loss"] != loss_fn(shuffled, x, generator.manual_seed(0))["loss"]
+
+
+def test_label_dropout_replaces_the_set_fraction_with_no_class(tmp_path: Path) -> None:
+    cfg = tiny(model={"num_classes": 2}, train={"batch_size": 64, "label_dropout": 0.25})
+    trainer = Trainer(cfg, tmp_path / "run", dataset=two_tone_classes(64))
+    dropped = []
+    for step in range(20):
+        trainer.step = step
+        x, labels = trainer.next_batch()
+        assert labels.shape == (64,) and labels.dtype == torch.int64
+        kept = labels != 2
+        assert torch.equal(labels[kept], torch.where(x[kept].mean(dim=(1, 2, 3)) > 0, 1, 0))  # true labels kept
+        dropped.append(float((~kept).double().mean()))
+    assert abs(sum(dropped) / len(dropped) - 0.25) < 0.05
+    trainer.step = 3
+    assert torch.equal(trainer.next_batch()[1], trainer.next_batch()[1])  # seeded by (seed, step)
+
+
+def test_conditional_resume_is_exact(tmp_path: Path) -> None:
+    data = two_tone_classes()
+    cfg = tiny(model={"num_classes": 2}, train={"max_steps": 6, "save_every": 3})
+    Trainer(cfg, tmp_path / "a", dataset=data).run(progress=False)
+    Trainer(tiny(model={"num_classes": 2}, train={"max_steps": 3, "save_every": 3}), tmp_path / "b",
+            dataset=data).run(progress=False)
+    Trainer(cfg, tmp_path / "b", resume=True, dataset=data).run(progress=False)
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert "label_emb.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
+    assert not bool((a["label_emb.weight"] == 0).all())  # the class embedding was trained
+
+
+def test_conditional_model_needs_labelled_data(tmp_path: Path, digits: ImageDataset) -> None:
+    from diffsat.data import DataError
+
+    unlabelled = ImageDataset(digits.tiles, None, "unlabelled digits")
+    with pytest.raises(DataError, match="model.num_classes=10 needs class labels, but .* has none"):
+        Trainer(tiny(model={"num_classes": 10}), tmp_path / "a", dataset=unlabelled)
+    with pytest.raises(DataError, match="has labels up to 9 but model.num_classes=5: set model.num_classes to at least 10"):
+        Trainer(tiny(model={"num_classes": 5}), tmp_path / "b", dataset=digits)

@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
         raise DiffsatError(f"--frames must be between 2 and --steps + 1 ({args.steps + 1}), got {args.frames}")
     settings = settings_from(args)  # refuses bad option combinations before loading the network
     net = load_network(args)
+    settings = settings.for_model(net.diffsat_config)
     frames, fractions = chain_frames(net, net.diffsat_config, args.n, args.seed, settings,
-                                     frames=args.frames, schedule=net.diffsat_schedule, progress=True)
+                                     frames=args.frames, schedule=net.diffsat_schedule, progress=True,
+                                     labels=args.label)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{settings.describe()}, seed {args.seed}"
     plot_chain(frames, fractions, args.out, title=title)

@@ -27,3 +27,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def int_list(text: str) -> list[int]:
+    """``"3"`` or ``"1,7"`` -> ``[3]`` / ``[1, 7]`` (each a non-negative integer)."""
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"class labels are >= 0, got {text!r}")
+    return values

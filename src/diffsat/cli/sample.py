@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..diffusion.objective import X0_CLIPS
 from ..samplers import SAMPLERS, SPACINGS
-from .common import add_device, add_parser, positive_int
+from .common import add_device, add_parser, int_list, positive_int
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "(default); dynamic = Imagen's dynamic thresholding (per image s = max(1, 99.5th "
                         "percentile of |x0|), then x0 = clamp(x0, -s, s) / s: rescales instead of flattening "
                         "saturated pixels); none = no clipping (the saved images are clamped either way)")
+    p.add_argument("--label", type=int_list, default=None, metavar="C[,C...]",
+                   help="class-conditional models: the class of every sample (--label 7), or classes that the "
+                        "samples take in turn (--label 1,7); default: every class in turn")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="class-conditional models: classifier-free guidance scale (1 = the conditional model "
+                        "alone, 0 = unconditional, > 1 = more typical of the class, at twice the network "
+                        "cost per step); default: the run's train.guidance")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
@@ -50,7 +57,8 @@ def settings_from(args: argparse.Namespace):
 
     bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
     return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device,
-                          compile=args.compile, spacing=args.spacing, eta=args.eta, x0_clip=args.x0_clip)
+                          compile=args.compile, spacing=args.spacing, eta=args.eta, x0_clip=args.x0_clip,
+                          guidance=args.guidance)
 
 
 def load_network(args: argparse.Namespace):
@@ -79,15 +87,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sampling import generate, save_grid, save_pngs
+    from ..sampling import class_labels, generate, save_grid, save_pngs, write_labels
 
     settings = settings_from(args)  # refuses bad option combinations before loading the network
     net = load_network(args)
     config, schedule = net.diffsat_config, net.diffsat_schedule
     start = time.perf_counter()
-    images = generate(net, config, args.n, args.seed, settings, schedule=schedule)
+    images = generate(net, config, args.n, args.seed, settings, labels=args.label, schedule=schedule)
     seconds = time.perf_counter() - start
     save_pngs(images, args.out)
+    if config.model.num_classes is not None:
+        write_labels(class_labels(config, args.n, settings, args.label)[0], args.out / "labels.txt")
     shown = images[: args.grid * args.grid]
     save_grid(shown, args.out / "grid.png", nrow=args.grid, scale=max(1, 128 // config.model.image_size))
     print(f"{args.n} images in {seconds:.1f} s ({seconds / args.n:.3f} s/image) -> {args.out}")

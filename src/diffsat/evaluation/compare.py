@@ -139,11 +139,21 @@ def _std(values: torch.Tensor) -> float:
     return float(values.std(unbiased=True)) if len(values) > 1 else 0.0
 
 
-def digit_rows(classifier: DigitClassifier, samples: torch.Tensor, baseline: torch.Tensor, reference: torch.Tensor,
-               s: EvalSettings) -> tuple[list[Metric], dict[str, Any]]:
-    """Classifier metrics of digit images ``(N, C, H, W)`` in ``[-1, 1]`` and their real baseline."""
-    ds = digit_metrics(classifier.predict_proba(samples), s.threshold)
-    db = digit_metrics(classifier.predict_proba(baseline), s.threshold)
+def class_match_row(probs: torch.Tensor, labels: torch.Tensor, baseline_probs: torch.Tensor,
+                    baseline_labels: torch.Tensor | None) -> Metric:
+    """Fraction of class-conditional samples the classifier puts in the class they were drawn for (probs
+    ``(N, 10)``, labels ``(N,)``), beside the classifier's accuracy on the real baseline digits."""
+    match = float((probs.argmax(dim=1) == labels).double().mean())
+    base = math.nan if baseline_labels is None else float((baseline_probs.argmax(dim=1) == baseline_labels).double().mean())
+    return Metric("class_match", "drawn class recognised (argmax)", match, base, "higher")
+
+
+def digit_rows(classifier: DigitClassifier, samples: ImageSet, baseline: torch.Tensor, reference: torch.Tensor,
+               s: EvalSettings, baseline_labels: torch.Tensor | None = None) -> tuple[list[Metric], dict[str, Any]]:
+    """Classifier metrics of digit images (``samples.images`` ``(N, C, H, W)`` in ``[-1, 1]``) and their real
+    baseline; with ``samples.labels`` (class-conditional samples) also how often the drawn class is recognised."""
+    probs, baseline_probs = classifier.predict_proba(samples.images), classifier.predict_proba(baseline)
+    ds, db = digit_metrics(probs, s.threshold), digit_metrics(baseline_probs, s.threshold)
     rows = [
         Metric("recognisable", f"recognisable (confidence >= {s.threshold:g})", ds["recognisable"],
                db["recognisable"], "higher"),
@@ -152,7 +162,9 @@ def digit_rows(classifier: DigitClassifier, samples: torch.Tensor, baseline: tor
                "1 = uniform"),
         Metric("class_ratio", "class ratio (max / min count)", ds["class_ratio"], db["class_ratio"], "1 = uniform"),
     ]
-    feats = [classifier.features(x) for x in (samples, baseline, reference)]
+    if samples.labels is not None:
+        rows.append(class_match_row(probs, samples.labels, baseline_probs, baseline_labels))
+    feats = [classifier.features(x) for x in (samples.images, baseline, reference)]
     rows += feature_rows("classifier", "classifier features", *feats, s)
     return rows, {"digits": {"samples": ds, "baseline": db}}
 
@@ -219,7 +231,8 @@ def evaluate(
     if kind == "digits":
         if classifier is None:
             raise EvaluationError("digit metrics need the digit classifier (diffsat evaluate --train-classifier)")
-        metrics, details = digit_rows(classifier, x, base, ref, settings)
+        base_labels = None if reference.labels is None else reference.labels[base_idx]
+        metrics, details = digit_rows(classifier, samples, base, ref, settings, base_labels)
     else:
         metrics, details = swd_rows(x, base, ref, settings)
     if inception is not None:

@@ -185,8 +185,33 @@ def load_samples(path: str | Path, limit: int | None = None, split: str = "train
     channels, size = _channels_of(files[0]), min(width, height)
     pixels = _decode(files, channels, size, "samples")
     crop = "" if width == height else f", centre-cropped from {width}x{height}"
-    return ImageSet(to_unit_range(pixels), None,
+    return ImageSet(to_unit_range(pixels), read_sample_labels(root, files),
                     f"image folder {root} ({len(files)} files, {'grey' if channels == 1 else 'RGB'} {size} px{crop})")
+
+
+SAMPLE_LABELS = "labels.txt"
+"""Written by ``diffsat sample`` for class-conditional models: one ``file label`` line per sample."""
+
+
+def read_sample_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
+    """The requested class of each of ``files`` from ``root/labels.txt`` as ``(N,)`` int64, or None when the
+    folder has no such file. A file it does not name, or a malformed line, is an :class:`EvaluationError`."""
+    path = root / SAMPLE_LABELS
+    if not path.is_file():
+        return None
+    table: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise EvaluationError(f"{path}, line {number}: expected 'FILE LABEL', got {line!r}")
+        table[parts[0]] = int(parts[1])
+    missing = [f.relative_to(root).as_posix() for f in files if f.relative_to(root).as_posix() not in table]
+    if missing:
+        raise EvaluationError(f"{path} names no class for {missing[0]} ({len(missing)} files): remove the "
+                              "file or draw the samples again with diffsat sample")
+    return torch.tensor([table[f.relative_to(root).as_posix()] for f in files], dtype=torch.int64)
 
 
 def _first(images: torch.Tensor, labels: torch.Tensor | None, limit: int | None):

@@ -5,6 +5,13 @@
 concatenation with a skip feature, an Upsample between levels) -> ``final_conv``. Attention sits at every
 block whose current resolution is in ``attn_resolutions`` (the resolution is tracked from ``image_size``
 exactly as in the reference, so the placement depends on the configured size).
+
+With ``num_classes`` set, a class embedding ``label_emb`` (``num_classes + 1`` rows; the last one is "no
+class", used for classifier-free guidance) is added to the output of the noise-level MLP, as diffusers'
+UNet2DModel adds its class embedding to the time embedding. It starts at zero, so a new conditional network
+is exactly the unconditional one of the same seed and learns the classes from there (a standard-normal start swamped the
+noise-level embedding of the small MNIST network and left noisy backgrounds after 10 CPU minutes).
+An unconditional network has no such module, so its keys are exactly DDPM-CD's.
 """
 
 from __future__ import annotations
@@ -88,6 +95,9 @@ class SR3UNet(nn.Module):
         self.noise_level_mlp = nn.Sequential(
             PositionalEncoding(emb), nn.Linear(emb, emb * 4), nn.SiLU(), nn.Linear(emb * 4, emb)
         )
+        self.label_emb = None
+        if cfg.num_classes:  # zeros without a random draw: the other weights equal the unconditional net's
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, emb, _weight=torch.zeros(cfg.num_classes + 1, emb))
         self.init_conv = nn.Conv2d(cfg.in_channels, cfg.base_channels, kernel_size=3, padding=1)
 
         skip_channels = [cfg.base_channels]
@@ -123,9 +133,23 @@ class SR3UNet(nn.Module):
         self.final_conv = Block(pre, cfg.out_channels, groups=cfg.norm_groups)
         self._size_factor = 2 ** (plan.levels - 1)
 
-    def forward(self, x: torch.Tensor, noise_level: torch.Tensor) -> torch.Tensor:
+    @property
+    def null_label(self) -> int | None:
+        """The "no class" label index (``num_classes``) of a conditional network; ``None`` if unconditional."""
+        return self.config.num_classes
+
+    def forward(self, x: torch.Tensor, noise_level: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """``labels``: ``(B,)`` int64 class indices in ``[0, num_classes]`` (``num_classes`` = no class) for a
+        conditional network; ``None`` = no class for every image. An unconditional network takes none."""
         self._check_input(x)
         emb = self.noise_level_mlp(noise_level.reshape(-1).float())
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(self._check_labels(labels, x.shape[0], x.device))
+        elif labels is not None:
+            raise ModelShapeError(
+                "class labels given to an unconditional network (model.num_classes is null): "
+                "train with model.num_classes set to sample by class"
+            )
         x = self.init_conv(x)
         skips = [x]
         for layer in self.downs:
@@ -139,6 +163,21 @@ class SR3UNet(nn.Module):
             else:
                 x = layer(x)
         return self.final_conv(x)
+
+    def _check_labels(self, labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """``labels`` as ``(batch,)`` int64 on ``device`` (``None``: all "no class"), range-checked."""
+        n = self.config.num_classes
+        if labels is None:
+            return torch.full((batch,), n, dtype=torch.int64, device=device)
+        labels = labels.reshape(-1).to(device=device, dtype=torch.int64)
+        if labels.shape[0] != batch:
+            raise ModelShapeError(f"{labels.shape[0]} class labels for a batch of {batch} images")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > n):
+            raise ModelShapeError(
+                f"class labels must be in 0..{n - 1} (or {n} = no class) for model.num_classes={n}, "
+                f"got {int(labels.min())}..{int(labels.max())}"
+            )
+        return labels
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.config.in_channels:

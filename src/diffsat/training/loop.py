@@ -9,6 +9,7 @@ batch N x B (exactly so without dropout, whose masks are drawn per rank).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import Config, TrainConfig, save_config
-from ..data import ImageDataset, load_dataset
+from ..config import Config, DataConfig, TrainConfig, save_config
+from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
@@ -51,6 +52,27 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor
     if n < batch_size:
         perm = perm.repeat(math.ceil(batch_size / n))
     return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def training_labels(dataset: ImageDataset, num_classes: int | None, data: DataConfig) -> torch.Tensor | None:
+    """The dataset's labels ``(N,)`` int64 for a class-conditional model (``num_classes`` set), else None.
+
+    Raises :class:`~diffsat.data.DataError` when the data has no labels or more classes than the model."""
+    if num_classes is None:
+        return None
+    where = data.path or f"the default {data.kind} data"
+    if dataset.labels is None:
+        raise DataError(
+            f"model.num_classes={num_classes} needs class labels, but {where} has none (an image folder gives "
+            "labels by its class sub-folders): set model.num_classes to null or use labelled data"
+        )
+    top = int(dataset.labels.max()) if len(dataset.labels) else -1
+    if top >= num_classes:
+        raise DataError(
+            f"{where} has labels up to {top} but model.num_classes={num_classes}: set model.num_classes to at "
+            f"least {top + 1}"
+        )
+    return dataset.labels
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -95,6 +117,7 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.dataset = dataset if dataset is not None else load_dataset(config.data)
         self.tiles = self.dataset.tiles.to(self.device)  # uint8 or float, at the stored size
+        self.labels = training_labels(self.dataset, config.model.num_classes, config.data)
         torch.manual_seed(tc.seed)
         self.model = build_unet(config.model).to(self.device)
         if tc.channels_last:
@@ -144,14 +167,29 @@ class Trainer:
         }
         ckpt.save_checkpoint(self.run_dir, self.model, self.ema.model, state)
 
-    def next_batch(self) -> torch.Tensor:
-        """This rank's images of the current step, cropped and augmented: (B, C, S, S) float32 in [-1, 1]."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This rank's images of the current step, cropped and augmented: (B, C, S, S) float32 in [-1, 1],
+        and for a class-conditional model their labels (B,) int64, a ``train.label_dropout`` fraction of them
+        replaced by the "no class" label (drawn for the global batch, so ranks split one draw); else None."""
         tc = self.config.train
-        idx = self.dist.shard(batch_indices(len(self.dataset), self.global_batch, self.step, tc.seed))
+        global_idx = batch_indices(len(self.dataset), self.global_batch, self.step, tc.seed)
+        idx = self.dist.shard(global_idx)
         generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 1)
         world = (self.dist.rank, self.dist.world_size)
         x = augment(self.tiles[idx.to(self.device)], self.config.data, generator, shard=world)
-        return x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+        x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+        if self.labels is None:
+            return x, None
+        drop_generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 2)
+        dropped = torch.rand(len(global_idx), generator=drop_generator) < tc.label_dropout
+        labels = torch.where(dropped, self.config.model.num_classes, self.labels[global_idx])
+        return x, self.dist.shard(labels).to(self.device)
+
+    def _loss(self, net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
+        """The diffusion loss of ``net`` on the current step's batch (labels bound for conditional models)."""
+        x, labels = self.next_batch()
+        prediction = net if labels is None else functools.partial(net, labels=labels)
+        return self.loss_fn(prediction, x, generator, shard=(self.dist.rank, self.dist.world_size))["loss"]
 
     def forward_loss(self) -> torch.Tensor:
         """The loss of the current step's batch (forward pass only; all draws seeded by (seed, step))."""
@@ -159,14 +197,13 @@ class Trainer:
         seed = step_seed(tc.seed, self.step)
         torch.manual_seed(seed)  # dropout draws from the global generator
         generator = torch.Generator().manual_seed(seed)
-        x = self.next_batch()
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
-            return self.loss_fn(self.net, x, generator, shard=(self.dist.rank, self.dist.world_size))["loss"]
+            return self._loss(self.net, generator)
 
     def measure_flops(self) -> float:
         """FLOP per training image of one step (forward + backward), counted once; gradients are discarded."""
-        flops = train_step_flops(lambda: self.loss_fn(self.model, self.next_batch(), torch.Generator())["loss"])
+        flops = train_step_flops(lambda: self._loss(self.model, torch.Generator()))
         self.optimizer.zero_grad(set_to_none=True)
         self.flops_per_image = flops / self.config.train.batch_size
         return self.flops_per_image
