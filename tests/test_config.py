@@ -40,7 +40,7 @@ def test_mistyped_value_is_named(tmp_path: Path) -> None:
 def test_inconsistent_sections(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"model.image_size \(32\) must equal data.image_size \(28\)"):
         load_config(write(tmp_path, {"model": {"image_size": 32}}))
-    with pytest.raises(ConfigError, match=r"train.guidance \(3\) needs a class-conditional model: set model.num_classes"):
+    with pytest.raises(ConfigError, match=r"train.guidance \(3\) needs a class-conditional model: set model.num"):
         load_config(write(tmp_path, {"train": {"guidance": 3}}))
     assert load_config(write(tmp_path, {"model": {"num_classes": 10}, "train": {"guidance": 3}})).train.guidance == 3
 

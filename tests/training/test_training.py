@@ -237,9 +237,8 @@ def test_the_loss_sees_each_image_with_its_label(tmp_path: Path) -> None:
     x, labels = trainer.next_batch()
     shuffled = functools.partial(trainer.model, labels=labels.flip(0))
     trained = functools.partial(trainer.model, labels=labels)
-    generator = torch.Generator().manual_seed(0)
-    loss_fn = trainer.loss_fn
-    assert loss_fn(trained, x, generator.manual_seed(0))["loss"] != loss_fn(shuffled, x, generator.manual_seed(0))["loss"]
+    seeded = functools.partial(torch.Generator().manual_seed, 0)
+    assert trainer.loss_fn(trained, x, seeded())["loss"] != trainer.loss_fn(shuffled, x, seeded())["loss"]
 
 
 def test_label_dropout_replaces_the_set_fraction_with_no_class(tmp_path: Path) -> None:
@@ -276,5 +275,5 @@ def test_conditional_model_needs_labelled_data(tmp_path: Path, digits: ImageData
     unlabelled = ImageDataset(digits.tiles, None, "unlabelled digits")
     with pytest.raises(DataError, match="model.num_classes=10 needs class labels, but .* has none"):
         Trainer(tiny(model={"num_classes": 10}), tmp_path / "a", dataset=unlabelled)
-    with pytest.raises(DataError, match="has labels up to 9 but model.num_classes=5: set model.num_classes to at least 10"):
+    with pytest.raises(DataError, match="labels up to 9 but model.num_classes=5: set model.num_classes to at least 10"):
         Trainer(tiny(model={"num_classes": 5}), tmp_path / "b", dataset=digits)

@@ -143,9 +143,11 @@ def class_match_row(probs: torch.Tensor, labels: torch.Tensor, baseline_probs: t
                     baseline_labels: torch.Tensor | None) -> Metric:
     """Fraction of class-conditional samples the classifier puts in the class they were drawn for (probs
     ``(N, 10)``, labels ``(N,)``), beside the classifier's accuracy on the real baseline digits."""
-    match = float((probs.argmax(dim=1) == labels).double().mean())
-    base = math.nan if baseline_labels is None else float((baseline_probs.argmax(dim=1) == baseline_labels).double().mean())
-    return Metric("class_match", "drawn class recognised (argmax)", match, base, "higher")
+    def accuracy(p: torch.Tensor, y: torch.Tensor) -> float:
+        return float((p.argmax(dim=1) == y).double().mean())
+
+    base = math.nan if baseline_labels is None else accuracy(baseline_probs, baseline_labels)
+    return Metric("class_match", "drawn class recognised (argmax)", accuracy(probs, labels), base, "higher")
 
 
 def digit_rows(classifier: DigitClassifier, samples: ImageSet, baseline: torch.Tensor, reference: torch.Tensor,

@@ -9,9 +9,10 @@ exactly as in the reference, so the placement depends on the configured size).
 With ``num_classes`` set, a class embedding ``label_emb`` (``num_classes + 1`` rows; the last one is "no
 class", used for classifier-free guidance) is added to the output of the noise-level MLP, as diffusers'
 UNet2DModel adds its class embedding to the time embedding. It starts at zero, so a new conditional network
-is exactly the unconditional one of the same seed and learns the classes from there (a standard-normal start swamped the
-noise-level embedding of the small MNIST network and left noisy backgrounds after 10 CPU minutes).
-An unconditional network has no such module, so its keys are exactly DDPM-CD's.
+is exactly the unconditional one of the same seed and learns the classes from there (a standard-normal
+start swamped the noise-level embedding of the small MNIST network and left noisy backgrounds after 10 CPU
+minutes: benchmarks/RESULTS.md). An unconditional network has no such module, so its keys are exactly
+DDPM-CD's.
 """
 
 from __future__ import annotations
