@@ -1,11 +1,13 @@
 """The mnist_cpu targets, measured end to end through the command line on this machine:
 
 1. train ``configs/mnist_cpu.json`` on the first 1,000 MNIST training digits (10-minute limit);
-2. sample 500 digits with the ancestral sampler at reduced step counts, timed;
+2. sample 500 digits with each sampler and step count of ``--samples`` (ancestral and SDE-DPM-Solver++ at
+   reduced step counts by default), timed;
 3. ``diffsat evaluate`` them against the MNIST test digits, with the training set for memorisation;
 4. the machine's fp32 and bf16 matmul peaks, measured in the same run, beside the train step's GFLOP/s.
 
-    python benchmarks/mnist_cpu.py --mnist ../shared/data/mnist --out runs/bench_mnist_cpu [--set k=v ...]
+    python benchmarks/mnist_cpu.py --mnist ../shared/data/mnist --out runs/bench_mnist_cpu [--set k=v ...] \
+        [--samples ancestral-50 dpm++sde-10 ...]
 
 Prints a Markdown summary (also written to OUT/summary.md) for benchmarks/RESULTS.md.
 """
@@ -37,7 +39,9 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--config", default=str(ROOT / "configs" / "mnist_cpu.json"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--steps", type=int, nargs="+", default=[50, 100, 200], help="ancestral step counts")
+    parser.add_argument("--samples", nargs="+", metavar="SAMPLER-STEPS",
+                        default=["ancestral-50", "ancestral-100", "dpm++sde-10", "dpm++sde-20"],
+                        help="sampler and step count of each sample set (default: %(default)s)")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--skip-train", action="store_true", help="reuse the run in --out")
     args = parser.parse_args()
@@ -58,18 +62,19 @@ def main() -> None:
     lines = [f"train: {int(metrics['step'][rows][-1])} steps, {metrics['elapsed_s'][rows][-1]:.0f} s of steps; "
              f"{ips:.0f} images/s, {gflops:.0f} GFLOP/s achieved (median over log intervals); matmul peak "
              f"measured now: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s",
-             "", "| ancestral steps | s for 500 | recognisable | classes | spread | FID | KID | memorisation |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for steps in args.steps:
-        out = args.out / f"ancestral{steps}"
-        text = diffsat("sample", str(run), "--out", str(out), "--n", str(args.n), "--steps", str(steps),
-                       "--batch-size", str(args.n))
+             "", f"| sampler | steps | s for {args.n} | recognisable | classes | spread | FID | KID | memorisation |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in args.samples:
+        sampler, steps = name.rsplit("-", 1)
+        out = args.out / name
+        text = diffsat("sample", str(run), "--out", str(out), "--n", str(args.n), "--steps", steps,
+                       "--sampler", sampler, "--batch-size", str(args.n))
         seconds = float(re.search(r"in ([0-9.]+) s", text).group(1))
         diffsat("evaluate", str(out), "--reference", str(args.mnist), "--train-set", str(run),
                 "--out", str(out / "metrics.json"))
         m = json.loads((out / "metrics.json").read_text())["metrics"]
         lines.append(
-            f"| {steps} | {seconds:.1f} | {m['recognisable']['value']:.3f} ({m['recognisable']['baseline']:.3f}) "
+            f"| {sampler} | {steps} | {seconds:.1f} | {m['recognisable']['value']:.3f} ({m['recognisable']['baseline']:.3f}) "
             f"| {m['classes_present']['value']:.0f} | {m['class_entropy']['value']:.3f} "
             f"| {m['fid_classifier']['value']:.1f} ({m['fid_classifier']['baseline']:.1f}) "
             f"| {m['kid_classifier']['value']:.2f} "

@@ -35,8 +35,8 @@ def score(images: torch.Tensor, classifier, test_features: torch.Tensor) -> dict
 
 def run_candidate(job: dict) -> dict:
     from diffsat.config import load_config
-    from diffsat.evaluation import load_classifier
     from diffsat.data.mnist import load_mnist_idx
+    from diffsat.evaluation import load_classifier
     from diffsat.sampling import SampleSettings, generate
     from diffsat.training.loop import Trainer
 

@@ -1,4 +1,4 @@
-"""Sample quality against network evaluations (NFE) for the three samplers, on the trained mnist_cpu model.
+"""Sample quality against network evaluations (NFE) for the four samplers, on the trained mnist_cpu model.
 
 For each (sampler, steps) of the plan: draw N digits (default 500, seed 0, one batch, what ``diffsat sample
 RUN --sampler S --steps K --batch-size 500`` runs), timed (wall and process CPU time); write them as PNGs to
@@ -12,7 +12,7 @@ NFE, log x axis).
         --out runs/bench_samplers [--estimate] [--plot benchmarks/results/samplers_nfe.png]
 
 ``--estimate`` times a few network evaluations at batch N and prints the expected total before running.
-Every sampler uses its default spacing (ancestral and DDIM: uniform; DPM-Solver++: log-SNR) and static x0
+Every sampler uses its default spacing (ancestral and DDIM: uniform; both DPM-Solver++: log-SNR) and static x0
 clipping; DDIM runs with eta = 0.
 """
 
@@ -41,8 +41,10 @@ PLAN: dict[str, tuple[int, ...]] = {
     "ancestral": (25, 50, 100, 200, 1000),
     "ddim": (10, 20, 50, 100),
     "dpm++": (5, 10, 15, 20, 50),
+    "dpm++sde": (5, 10, 15, 20, 50),
 }
-LABELS = {"ancestral": "ancestral (DDPM)", "ddim": "DDIM, eta = 0", "dpm++": "DPM-Solver++(2M)"}
+LABELS = {"ancestral": "ancestral (DDPM)", "ddim": "DDIM, eta = 0", "dpm++": "DPM-Solver++(2M)",
+          "dpm++sde": "SDE-DPM-Solver++(2M)"}
 EVAL_SECONDS_GUESS = 25.0  # one evaluation of 500 digits against 9,500 test digits on the 2-core CPU
 
 
@@ -134,7 +136,7 @@ def plot(rows: list[dict], out: Path) -> Path:
         if rows:
             ax.axhline(rows[0][f"{key}_real"], ls="--", c="grey", label=f"real test digits ({rows[0]['n']})")
         ax.set_xscale("log")
-        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_xlabel("sampler steps (one network call each; with guidance on a doubled batch)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].set_yscale("log")

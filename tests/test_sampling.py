@@ -11,6 +11,7 @@ from diffsat.config import Config, ModelConfig
 from diffsat.diffusion.objective import dynamic_threshold
 from diffsat.diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from diffsat.models.unet import build_unet
+from diffsat.samplers import SAMPLERS
 from diffsat.sampling import SampleSettings, SampleSettingsError, chain_frames, generate
 
 MODEL = ModelConfig(in_channels=1, out_channels=1, base_channels=16, channel_mults=(1, 2), res_blocks=1,
@@ -72,7 +73,7 @@ def test_inference_mode_inside_the_sampler(net, config) -> None:
     assert modes == [True, True]
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_batch_size_and_channels_last_do_not_change_images(net, config, sampler: str) -> None:
     one = generate(net, config, 3, 5, settings(sampler=sampler, batch_size=1, channels_last=False), progress=False)
     again = generate(net, config, 3, 5, settings(sampler=sampler, batch_size=1, channels_last=False), progress=False)
@@ -126,12 +127,12 @@ def first_steps(net, config, **kw) -> list:
     return infos
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 @pytest.mark.parametrize("spacing", [None, "uniform", "quadratic", "trailing", "logsnr"])
 def test_spacing_reaches_the_sampler(net, config, sampler: str, spacing: str | None) -> None:
     """The levels the network is evaluated at are the chosen spacing's; None = the sampler's default."""
     infos = first_steps(net, config, sampler=sampler, spacing=spacing)
-    own = spacing or ("logsnr" if sampler == "dpm++" else "uniform")
+    own = spacing or ("logsnr" if sampler in ("dpm++", "dpm++sde") else "uniform")
     schedule = NoiseSchedule.from_config(config.diffusion)
     expected = respaced_alphas_cumprod(schedule, 6, own)[1:].sqrt().flip(0).tolist()
     assert [i.level for i in infos] == pytest.approx(expected, rel=1e-12)
@@ -148,7 +149,7 @@ def test_eta_reaches_ddim(net, config) -> None:
     assert not torch.allclose(half, ancestral, atol=1e-3) and not torch.allclose(half, deterministic, atol=1e-3)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "dpm++"])
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_x0_clip_reaches_the_denoiser(net, config, sampler: str) -> None:
     """The first step sees x_T in every mode, so its x0 estimate is the raw one (none), clamped (static)
     or dynamically thresholded (dynamic) -- and the random network's raw estimate is far outside [-1, 1]."""

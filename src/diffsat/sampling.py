@@ -39,7 +39,7 @@ class SampleSettings:
     """How to sample: which sampler, how many steps, its options, precision, batching and device.
 
     ``spacing``: which of the schedule's steps the sampler visits (:data:`SPACINGS`); ``None`` = the
-    sampler's own default (ancestral and ddim: uniform, dpm++: logsnr).
+    sampler's own default (ancestral and ddim: uniform, dpm++ and dpm++sde: logsnr).
     ``eta``: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); any other sampler with a non-zero
     ``eta`` is an error.
     ``x0_clip``: how the denoiser's x0 estimate is kept in [-1, 1] at every step: ``static`` clamps it,

@@ -18,8 +18,7 @@ import pytest
 from PIL import Image
 
 from diffsat.config import DataConfig
-from diffsat.data import DataError, ImageDataset, load_dataset
-from diffsat.data import mnist
+from diffsat.data import DataError, ImageDataset, load_dataset, mnist
 from diffsat.data.mnist import (
     MNIST_GZ_SHA256,
     download_mnist,

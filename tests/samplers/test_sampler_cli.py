@@ -56,7 +56,7 @@ def test_chain_takes_the_options_and_names_them(run_dir: Path, tmp_path: Path, m
 
 
 @pytest.mark.parametrize("verb", ["sample", "chain"])
-@pytest.mark.parametrize("sampler", ["ancestral", "dpm++"])
+@pytest.mark.parametrize("sampler", ["ancestral", "dpm++", "dpm++sde"])
 def test_eta_without_ddim_is_a_one_line_error(verb: str, sampler: str, run_dir: Path, tmp_path: Path,
                                               capsys) -> None:
     out = tmp_path / ("s" if verb == "sample" else "c.png")
@@ -86,7 +86,7 @@ def test_help_explains_the_options(verb: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main([verb, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--spacing {uniform,quadratic,trailing,logsnr}", "dpm++: logsnr", "--eta ETA", "DDIM only",
+    for words in ("--spacing {uniform,quadratic,trailing,logsnr}", "dpm++ and dpm++sde: logsnr", "--eta ETA", "DDIM only",
                   "--x0-clip {static,dynamic,none}", "dynamic thresholding"):
         assert words in text, words
 

@@ -23,7 +23,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "quadratic (denser near the clean image), trailing (diffusers' name: steps T, T - T/K, "
                         "...; on this step grid it equals uniform up to rounding), logsnr (evenly spaced in "
                         "log signal-to-noise ratio). Default: the sampler's own (ancestral and ddim: uniform, "
-                        "dpm++: logsnr)")
+                        "dpm++ and dpm++sde: logsnr)")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM only: noise injected per step, from 0 (deterministic DDIM, the default) to 1 "
                         "(as much as ancestral DDPM sampling); an error with the other samplers")

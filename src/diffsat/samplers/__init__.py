@@ -2,7 +2,9 @@
 
 - ``ancestral``: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), stochastic;
 - ``ddim``: DDIM (Song et al. 2021, eq. 12), deterministic at the default ``eta = 0``;
-- ``dpm++``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic, log-SNR spacing by default.
+- ``dpm++``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic, log-SNR spacing by default;
+- ``dpm++sde``: SDE-DPM-Solver++(2M) (the same solver for the reverse SDE): ancestral sampling with the 2M
+  second-order correction, stochastic, log-SNR spacing by default.
 
 Every sampler takes ``spacing`` (one of :data:`SPACINGS`); DDIM also takes ``eta``. How x0 is clipped is
 the denoiser's business (:class:`~diffsat.diffusion.objective.Denoiser`), not the sampler's.
@@ -19,6 +21,7 @@ SAMPLERS: dict[str, Callable] = {
     "ancestral": ancestral.sample,
     "ddim": ddim.sample,
     "dpm++": dpm_solver.sample,
+    "dpm++sde": dpm_solver.sample_sde,
 }
 
 SPACINGS: tuple[str, ...] = (*schedules.SPACINGS, *schedules.SCHEDULE_SPACINGS)
