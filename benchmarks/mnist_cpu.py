@@ -74,7 +74,8 @@ def main() -> None:
                 "--out", str(out / "metrics.json"))
         m = json.loads((out / "metrics.json").read_text())["metrics"]
         lines.append(
-            f"| {sampler} | {steps} | {seconds:.1f} | {m['recognisable']['value']:.3f} ({m['recognisable']['baseline']:.3f}) "
+            f"| {sampler} | {steps} | {seconds:.1f} "
+            f"| {m['recognisable']['value']:.3f} ({m['recognisable']['baseline']:.3f}) "
             f"| {m['classes_present']['value']:.0f} | {m['class_entropy']['value']:.3f} "
             f"| {m['fid_classifier']['value']:.1f} ({m['fid_classifier']['baseline']:.1f}) "
             f"| {m['kid_classifier']['value']:.2f} "

@@ -86,8 +86,8 @@ def test_help_explains_the_options(verb: str, capsys) -> None:
     with pytest.raises(SystemExit):
         main([verb, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for words in ("--spacing {uniform,quadratic,trailing,logsnr}", "dpm++ and dpm++sde: logsnr", "--eta ETA", "DDIM only",
-                  "--x0-clip {static,dynamic,none}", "dynamic thresholding"):
+    for words in ("--spacing {uniform,quadratic,trailing,logsnr}", "dpm++ and dpm++sde: logsnr", "--eta ETA",
+                  "DDIM only", "--x0-clip {static,dynamic,none}", "dynamic thresholding"):
         assert words in text, words
 
 
