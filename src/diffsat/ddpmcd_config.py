@@ -71,7 +71,7 @@ def _model_section(unet: dict[str, Any], image_size: Any, source: str) -> dict[s
         "attn_resolutions": attn if isinstance(attn, list) else [attn],
         "res_blocks": req["res_blocks"],
         "dropout": req["dropout"],
-        "norm_groups": unet.get("norm_groups") or 32,  # DDPM-CD define_G: absent or null -> 32
+        "norm_groups": 32 if unet.get("norm_groups") is None else unet["norm_groups"],  # define_G: absent/null -> 32
         "image_size": image_size,
     }
 

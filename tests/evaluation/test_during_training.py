@@ -1,5 +1,6 @@
 """The training-time evaluator: which metrics for which data, determinism, and the no-classifier case."""
 
+import csv
 import math
 import warnings
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config, train_tiny_run
 
 from diffsat.config import Config
 from diffsat.data import ImageDataset
@@ -77,3 +79,15 @@ def test_images_too_small_for_swd_give_none() -> None:
         warnings.simplefilter("always")
         assert make_training_evaluator(_config(3, 8), ImageDataset(_smooth(10, 3, 8, 0), None, "tiny")) is None
     assert len(record) == 1 and "at least 16 px" in str(record[0].message)
+
+
+def test_training_logs_quality_every_eval_every_steps_and_plots_it(cached_classifier: Path, tmp_path: Path) -> None:
+    run = train_tiny_run(tmp_path, tiny_config(max_steps=5, eval_every=2, eval_samples=12, save_every=5))
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    evaluated = {int(r["step"]): r for r in rows if r.get("recognisable") not in (None, "")}
+    assert sorted(evaluated) == [2, 4, 5]  # every 2 steps, and once more at the end
+    for row in evaluated.values():
+        assert 0 <= float(row["recognisable"]) <= 1 and 1 <= float(row["classes_present"]) <= 10
+        assert float(row["fid_classifier"]) > 0
+    assert (run / "quality.png").stat().st_size > 0
+

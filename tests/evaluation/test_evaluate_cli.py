@@ -6,11 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from diffsat.cli import main
 from diffsat.evaluation import DigitClassifier, default_classifier_path
 from diffsat.evaluation.classifier import save_classifier
+from diffsat.evaluation.fid import fid_from_features
+from diffsat.evaluation.inception import FIDInceptionV3
 
 
 def _write(folder: Path, pixels: np.ndarray, prefix: str = "sample") -> Path:
@@ -131,3 +134,37 @@ def test_real_mnist_baselines_and_a_copying_model(shared_data: Path, real_classi
     assert abs(m["kid_classifier"]["baseline"]) < 3 * m["kid_classifier"]["baseline_error"]
     assert 0.9 < m["memorisation_ratio"]["baseline"] < 1.1 and m["near_copy_fraction"]["baseline"] < 0.05
     assert m["memorisation_ratio"]["value"] < 0.01 and m["near_copy_fraction"]["value"] == 1.0
+
+
+def _pytorch_fid_features(model: FIDInceptionV3, folder: Path) -> torch.Tensor:
+    """Pool3 features the way pytorch-fid computes them: PIL ``convert("RGB")``, ToTensor (``u / 255``), then its
+    network's bilinear resize to 299 px (``align_corners=False``) and ``2 x - 1``."""
+    files = sorted(folder.glob("*.png"))
+    x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)
+                     for f in files])
+    with torch.no_grad():
+        return model(2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1)
+
+
+def test_inception_rows_and_pytorch_fids_number(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    samples = _write(tmp_path / "samples", rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8))
+    real = _write(tmp_path / "real", (rng.random((24, 32, 32, 3)) ** 2 * 255).astype(np.uint8), "real")
+    torch.manual_seed(0)
+    model = FIDInceptionV3().eval()
+    for module in model.modules():  # He init keeps activations at scale through the 94 convolutions (torch's
+        if isinstance(module, torch.nn.Conv2d):  # default shrinks them to constant, denormal features)
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "metrics.json"
+    argv = [str(samples), "--reference", str(real), "--inception", str(weights), "--out", str(out), "--no-progress"]
+    assert main(["evaluate", *argv]) == 0
+    assert "FID (Inception pool3)" in capsys.readouterr().out
+    metrics = json.loads(out.read_text())["metrics"]
+    expected = fid_from_features(_pytorch_fid_features(model, samples), _pytorch_fid_features(model, real))
+    assert expected > 0
+    assert metrics["fid_inception_all"]["value"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["fid_inception_all"]["baseline"] is None  # nothing held back, so no real baseline
+    assert {"fid_inception", "kid_inception", "precision_inception", "recall_inception"} <= set(metrics)
+

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from diffsat.evaluation import kernel_inception_distance
-from diffsat.evaluation.kid import polynomial_mmd2
+from diffsat.evaluation.kid import kid_subset_values, polynomial_mmd2
 
 
 def _naive_mmd2(x: np.ndarray, y: np.ndarray) -> float:
@@ -33,6 +33,19 @@ def test_two_halves_of_one_distribution_give_zero_within_the_error() -> None:
     mean, stderr = kernel_inception_distance(f[:2000], f[2000:], subsets=50, subset_size=500, seed=0)
     assert stderr > 0
     assert abs(mean) < 3 * stderr
+
+
+def test_standard_error_is_the_spread_of_the_mean_over_independent_draws() -> None:
+    """With sets much larger than the subsets (independent subsets), the reported standard error
+    std(subset values) / sqrt(subsets) matches how much the KID mean moves between seeds."""
+    gen = torch.Generator().manual_seed(5)
+    f1, f2 = torch.relu(torch.randn(20000, 8, generator=gen)), torch.relu(torch.randn(20000, 8, generator=gen) + 0.1)
+    mean, stderr = kernel_inception_distance(f1, f2, subsets=20, subset_size=50, seed=0)
+    values = kid_subset_values(f1, f2, subsets=20, subset_size=50, seed=0)
+    assert mean == pytest.approx(float(values.mean())) and stderr == pytest.approx(float(values.std() / 20**0.5))
+    draws = [kernel_inception_distance(f1, f2, subsets=20, subset_size=50, seed=s) for s in range(40)]
+    spread, typical_error = np.std([m for m, _ in draws], ddof=1), np.mean([e for _, e in draws])
+    assert 0.7 < spread / typical_error < 1.4
 
 
 def test_shifted_distributions_are_clearly_positive() -> None:

@@ -329,6 +329,16 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path, cfg: Config) -> N
         load_model(tmp_path / "extra.pth", cfg)
 
 
+def test_two_keys_for_one_weight_and_a_missing_first_conv_are_named(cfg: Config) -> None:
+    sd = to_layout(source_net(cfg).state_dict(), "ddpmcd")
+    doubled = sd | {"final_conv.block.3.bias": sd["denoise_fn.final_conv.block.3.bias"]}  # with and without prefix
+    with pytest.raises(CheckpointError, match=r"two checkpoint keys map to 'final_conv\.block\.3\.bias'.*corrupt"):
+        to_our_keys(doubled)
+    unet, _ = to_our_keys({k: v for k, v in sd.items() if k != "denoise_fn.init_conv.weight"})
+    with pytest.raises(CheckpointError, match=r"'init_conv\.weight' .* is missing.*SR3 layout .* mixed up"):
+        check_state_dict(source_net(cfg), unet, "gen.pth")
+
+
 def test_in_channels_mismatch_hint(tmp_path: Path, cfg: Config) -> None:
     path = save_layout(tmp_path, cfg, "ddpmcd")
     conditional = config_from_ddpmcd(ddpmcd_config(SMALL_UNET | dict(in_channel=6), conditional=True), "sr3")
@@ -485,6 +495,7 @@ def test_sr3_defaults_loss_l1_and_norm_groups_32() -> None:
         (lambda d: d["model"]["diffusion"].update(channels=1), r"'model\.unet\.in_channel' \(3\) must equal"),
         (lambda d: d["model"].update(which_model_G="ddpm"), r"which_model_G"),
         (lambda d: d["model"]["unet"].update(dropout=2.0), r"'model\.unet\.dropout'"),
+        (lambda d: d["model"]["unet"].update(norm_groups=0), r"'model\.unet\.norm_groups'"),
     ],
 )
 def test_ddpmcd_config_errors_are_one_line(tmp_path: Path, edit, pattern: str) -> None:

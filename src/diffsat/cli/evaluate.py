@@ -171,6 +171,8 @@ def _save_pairs_figure(args: argparse.Namespace, samples, train, details: dict) 
 
 
 def _number(value: float, error: float | None = None) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
     if isinstance(value, int) or (math.isfinite(value) and float(value).is_integer() and abs(value) < 1e6):
         text = str(int(value))
     else:

@@ -10,7 +10,10 @@ score). A model is as good as real data on a metric when its number is as close 
   (max / min count), and FID, KID (mean +- standard deviation over subsets), precision and recall on its
   128-d penultimate features.
 - Other images (``kind="images"``): multi-scale SWD (x1e3) per pyramid level and their mean.
-- With an Inception network (optional, any kind): FID, KID, precision and recall on its 2048-d pool3 features.
+- With an Inception network (optional, any kind): FID, KID, precision and recall on its 2048-d pool3 features,
+  and one more FID of all samples against all of the reference (no baseline part held back): pytorch-fid's
+  number for the same two folders when the reference images have the samples' size (a reference of another
+  size is resized to the samples' first, where pytorch-fid would feed each at its own size).
 - With a training set: memorisation in pixel space (L2): each image's nearest training image, as a ratio to
   the same distance for the held-out evaluation part (~1 healthy, << 1 copies), and the fraction of
   near-copies (closer than the 1st percentile of held-out distances; ~0.01 for real held-out images).
@@ -135,6 +138,13 @@ def feature_rows(tag: str, what: str, samples: torch.Tensor, baseline: torch.Ten
     ]
 
 
+def pytorch_fid_row(samples: torch.Tensor, reference: torch.Tensor) -> Metric:
+    """FID of all ``samples`` ``(N, 2048)`` against all ``reference`` ``(R, 2048)`` Inception features: the number
+    ``python -m pytorch_fid SAMPLES REAL`` prints for the same images; no real baseline (nothing is held back)."""
+    return Metric("fid_inception_all", "FID (Inception pool3, all samples vs all of REAL: pytorch-fid's number)",
+                  fid_from_features(samples, reference), math.nan, "lower")
+
+
 def _std(values: torch.Tensor) -> float:
     return float(values.std(unbiased=True)) if len(values) > 1 else 0.0
 
@@ -240,6 +250,7 @@ def evaluate(
     if inception is not None:
         feats = [inception.features(t, progress=settings.progress) for t in (x, base, ref)]
         metrics += feature_rows("inception", "Inception pool3", *feats, settings)
+        metrics.append(pytorch_fid_row(feats[0], torch.cat(feats[1:])))
     if train is not None:
         rows, more = memorisation_rows(x, base, ref, train.images)
         metrics, details = metrics + rows, {**details, **more}
