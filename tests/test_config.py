@@ -43,6 +43,8 @@ def test_inconsistent_sections(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"train.guidance \(3\) needs a class-conditional model: set model.num"):
         load_config(write(tmp_path, {"train": {"guidance": 3}}))
     assert load_config(write(tmp_path, {"model": {"num_classes": 10}, "train": {"guidance": 3}})).train.guidance == 3
+    with pytest.raises(ConfigError, match=r"train.sample_steps \(100\) cannot exceed diffusion.timesteps \(50\)"):
+        load_config(write(tmp_path, {"diffusion": {"timesteps": 50}}))
 
 
 def test_broken_json_names_line_and_column(tmp_path: Path) -> None:

@@ -178,6 +178,11 @@ class Config(_Section):
             )
         if self.diffusion.beta_start > self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must not exceed diffusion.beta_end")
+        if self.train.sample_steps > self.diffusion.timesteps:
+            raise ValueError(
+                f"train.sample_steps ({self.train.sample_steps}) cannot exceed diffusion.timesteps "
+                f"({self.diffusion.timesteps}): the grids respace the training schedule"
+            )
         if m.num_classes is None and self.train.guidance != 1.0:
             raise ValueError(
                 f"train.guidance ({self.train.guidance:g}) needs a class-conditional model: set model.num_classes "

@@ -13,3 +13,8 @@ class DiffsatError(ValueError):
 
 class CheckpointError(DiffsatError):
     """A checkpoint that cannot be used; the message names the file, the key and the likely fix."""
+
+
+class TrainingDivergedError(DiffsatError, FloatingPointError):
+    """The loss became NaN or infinite; the message names the step, the fix and the intact checkpoint."""
+

@@ -160,7 +160,8 @@ def test_inception_rows_and_pytorch_fids_number(tmp_path: Path, capsys) -> None:
     out = tmp_path / "metrics.json"
     argv = [str(samples), "--reference", str(real), "--inception", str(weights), "--out", str(out), "--no-progress"]
     assert main(["evaluate", *argv]) == 0
-    assert "FID (Inception pool3)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "FID (Inception pool3)" in printed and "all of REAL: pytorch-fid's number" in printed
     metrics = json.loads(out.read_text())["metrics"]
     expected = fid_from_features(_pytorch_fid_features(model, samples), _pytorch_fid_features(model, real))
     assert expected > 0

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from diffsat.config import Config, parse_config
 from diffsat.data import ImageDataset, load_dataset
-from diffsat.errors import CheckpointError
+from diffsat.errors import CheckpointError, DiffsatError, TrainingDivergedError
+from diffsat.models.sr3_compat import load_model
+from diffsat.models.unet import ModelShapeError
 from diffsat.training import checkpoint as ckpt
 from diffsat.training.ema import EMA
 from diffsat.training.loop import Trainer, batch_indices, lr_at
@@ -147,8 +149,24 @@ def test_ema_warm_up_and_decay() -> None:
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, digits: ImageDataset) -> None:
     trainer = Trainer(tiny(), tmp_path, dataset=digits)
     trainer.train_step = lambda: (math.nan, 0.0)
-    with pytest.raises(FloatingPointError, match="loss became nan at step .*lower train.lr"):
+    with pytest.raises(TrainingDivergedError, match="loss became nan at step .*lower train.lr"):
         trainer.run(progress=False)
+    assert issubclass(TrainingDivergedError, DiffsatError)  # the CLI prints it as one line, no traceback
+
+
+def test_network_shape_errors_come_before_the_data_is_read(tmp_path: Path) -> None:
+    cfg = tiny(model={"image_size": 29}, data={"image_size": 29, "path": str(tmp_path / "no-such-mnist")})
+    with pytest.raises(ModelShapeError, match="image size 29 cannot pass 1 down-sampling"):
+        Trainer(cfg, tmp_path / "run")
+
+
+def test_a_run_samples_its_ema_unless_asked_for_the_trained_weights(tmp_path: Path, digits: ImageDataset) -> None:
+    Trainer(tiny(train={"ema_decay": 0.9}), tmp_path / "run", dataset=digits).run(progress=False)
+    files = {name: load_file(tmp_path / "run" / name) for name in ("ema.safetensors", "model.safetensors")}
+    assert any(not torch.equal(files["ema.safetensors"][k], v) for k, v in files["model.safetensors"].items())
+    for ema, name in ((True, "ema.safetensors"), (False, "model.safetensors")):
+        state = load_model(tmp_path / "run", ema=ema).state_dict()
+        assert all(torch.equal(state[k], v) for k, v in files[name].items()), name
 
 
 class _Recorder:

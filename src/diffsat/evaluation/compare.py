@@ -140,7 +140,8 @@ def feature_rows(tag: str, what: str, samples: torch.Tensor, baseline: torch.Ten
 
 def pytorch_fid_row(samples: torch.Tensor, reference: torch.Tensor) -> Metric:
     """FID of all ``samples`` ``(N, 2048)`` against all ``reference`` ``(R, 2048)`` Inception features: the number
-    ``python -m pytorch_fid SAMPLES REAL`` prints for the same images; no real baseline (nothing is held back)."""
+    ``python -m pytorch_fid SAMPLES REAL`` prints for the same images (REAL at the samples' size); no real
+    baseline (nothing is held back)."""
     return Metric("fid_inception_all", "FID (Inception pool3, all samples vs all of REAL: pytorch-fid's number)",
                   fid_from_features(samples, reference), math.nan, "lower")
 

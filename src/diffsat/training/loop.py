@@ -24,6 +24,7 @@ from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
+from ..errors import TrainingDivergedError
 from ..models.unet import build_unet
 from . import checkpoint as ckpt
 from .distributed import DistContext, setup, teardown
@@ -111,6 +112,8 @@ class Trainer:
     ) -> None:
         self.config, self.run_dir = config, Path(run_dir)
         tc = config.train
+        with torch.device("meta"):  # shape errors (image size, groups) before the data is read, at no cost
+            build_unet(config.model)
         self.dist = dist or setup(tc.device)
         self.device = self.dist.device
         if tc.threads is not None:
@@ -288,7 +291,7 @@ class Trainer:
                 loss, grad_norm = self.train_step()
                 self.elapsed_s += time.perf_counter() - t0
                 if not math.isfinite(loss):
-                    raise FloatingPointError(
+                    raise TrainingDivergedError(
                         f"loss became {loss} at step {self.step}: lower train.lr or set train.grad_clip "
                         f"(the last checkpoint in {self.run_dir} is intact)"
                     )
