@@ -133,6 +133,9 @@ class TrainConfig(_Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     """``bf16``: bfloat16 autocast for the forward pass (weights, optimiser and EMA stay float32)."""
     channels_last: bool = False
+    compile: bool = False
+    """Run the training forward pass through ``torch.compile`` (inductor; needs a C++ compiler on the CPU).
+    Opt-in: on the 2-core CPU it was slower than eager mode (benchmarks/RESULTS.md)."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int | None = Field(None, ge=1)

@@ -295,3 +295,27 @@ def test_conditional_model_needs_labelled_data(tmp_path: Path, digits: ImageData
         Trainer(tiny(model={"num_classes": 10}), tmp_path / "a", dataset=unlabelled)
     with pytest.raises(DataError, match="labels up to 9 but model.num_classes=5: set model.num_classes to at least 10"):
         Trainer(tiny(model={"num_classes": 5}), tmp_path / "b", dataset=digits)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path: Path, digits: ImageDataset) -> None:
+    """``train.compile`` runs the same optimisation: equal losses and weights after 3 steps (to float
+    tolerance: inductor fuses and reorders the arithmetic)."""
+    runs = {}
+    for name, compile_ in (("eager", False), ("compiled", True)):
+        cfg = tiny(train={"max_steps": 3, "save_every": 3, "compile": compile_})
+        trainer = Trainer(cfg, tmp_path / name, dataset=digits)
+        assert hasattr(trainer.net, "_orig_mod") == compile_  # torch.compile's wrapper
+        runs[name] = (trainer.run(progress=False).losses, load_file(tmp_path / name / "model.safetensors"))
+    (eager_losses, eager_w), (compiled_losses, compiled_w) = runs["eager"], runs["compiled"]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    for key in eager_w:
+        torch.testing.assert_close(compiled_w[key], eager_w[key], rtol=1e-3, atol=1e-5)
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
+    from diffsat.training import loop
+
+    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
+    with pytest.raises(DiffsatError, match=r"train\.compile needs a C\+\+ compiler.*train\.compile=false"):
+        Trainer(tiny(train={"compile": True}), tmp_path / "run", dataset=digits)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
-from ..errors import TrainingDivergedError
+from ..errors import DiffsatError, TrainingDivergedError
 from ..models.unet import build_unet
 from . import checkpoint as ckpt
 from .distributed import DistContext, setup, teardown
@@ -99,6 +100,15 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
+def compiled_for_training(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``net`` through ``torch.compile``; checks first for the C++ compiler inductor needs on the CPU, whose
+    absence torch would only report deep inside the first training step."""
+    if device.type == "cpu" and not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
+        raise DiffsatError("train.compile needs a C++ compiler on the CPU (g++ or clang++ on PATH): install "
+                           "one, or set train.compile=false")
+    return torch.compile(net)
+
+
 class Trainer:
     """Owns the model, EMA, optimiser, data and run directory of one training run (one rank of it)."""
 
@@ -133,7 +143,8 @@ class Trainer:
         self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
         if resume:
             self._resume()
-        self.net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
+        net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
+        self.net = compiled_for_training(net, self.device) if tc.compile else net
         self.metrics: MetricsLog | None = None
         self.evaluator, self.tensorboard = None, None
         if self.dist.is_main:
