@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     source = args.config if args.config is not None else args.out
     config = load_config(source, args.overrides)
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress)
+    if not result.is_main:
+        return 0  # torchrun: rank 0 reports for the run
     print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min (stopped by {result.stopped_by}); "
           f"last loss {result.last_loss:.4f}; run directory {result.run_dir}")
     return 0

@@ -98,6 +98,7 @@ class TrainResult:
     last_loss: float
     stopped_by: str  # "max_steps" | "time_limit"
     losses: list[float] = field(default_factory=list)
+    is_main: bool = True  # rank 0 (or the only process): the one that reports
 
 
 def compiled_for_training(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -322,7 +323,7 @@ class Trainer:
         self.dist.barrier()
         last = losses[-1] if losses else math.nan
         return TrainResult(self.run_dir, self.step, self.elapsed_s, time.perf_counter() - wall_start, last,
-                           stopped_by, losses)
+                           stopped_by, losses, self.dist.is_main)
 
     def finish(self) -> None:
         """Final evaluation, sample grid, training curves and the HTML report."""
