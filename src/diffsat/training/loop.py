@@ -107,7 +107,7 @@ def compiled_for_training(net: torch.nn.Module, device: torch.device) -> torch.n
     if device.type == "cpu" and not any(shutil.which(cxx) for cxx in ("g++", "c++", "clang++")):
         raise DiffsatError("train.compile needs a C++ compiler on the CPU (g++ or clang++ on PATH): install "
                            "one, or set train.compile=false")
-    return torch.compile(net)
+    return torch.compile(net, dynamic=False)  # fixed batch shapes; automatic dynamic shapes hit an inductor bug
 
 
 class Trainer:
