@@ -95,13 +95,13 @@ def measure(mode: str, src: Path, config: Path, run_dir: Path) -> None:
     """Child process: convert or load, print a JSON line with baseline (after imports) and peak RSS."""
     import torch  # noqa: F401  (counted in the baseline, as in the CLI)
 
-    from diffsat.models.sr3_compat import convert_checkpoint, load_model
+    from diffsat.rundir import convert_checkpoint, load_model
 
     baseline, start = rss_mib(), time.perf_counter()
     if mode == "convert":
         convert_checkpoint(src, config, run_dir)
     else:
-        model = load_model(run_dir)
+        model = load_model(run_dir).network
         assert sum(p.numel() for p in model.parameters()) == 391_048_067
     print(json.dumps({"baseline_mib": baseline, "peak_mib": peak_mib(), "seconds": time.perf_counter() - start}))
 

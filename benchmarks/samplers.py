@@ -33,7 +33,7 @@ from diffsat.evaluation import (
     load_real,
     load_samples,
 )
-from diffsat.models.sr3_compat import load_model
+from diffsat.rundir import load_model
 from diffsat.sampling import SampleSettings, generate, save_pngs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def plan_items(only: list[str] | None) -> list[tuple[str, int]]:
 def timed_generate(net, n: int, seed: int, settings: SampleSettings) -> tuple[torch.Tensor, float, float]:
     """``(images (n, 1, 28, 28), wall seconds, process CPU seconds / threads)`` of one generate call."""
     wall, cpu = time.perf_counter(), time.process_time()
-    images = generate(net, net.diffsat_config, n, seed, settings, progress=True)
+    images = generate(net.network, net.config, n, seed, settings, progress=True)
     return images, time.perf_counter() - wall, (time.process_time() - cpu) / torch.get_num_threads()
 
 

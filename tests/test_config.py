@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from diffsat.config import Config, ConfigError, apply_overrides, load_config, save_config
+from diffsat.rundir import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -74,4 +75,4 @@ def test_overrides_are_validated_too(tmp_path: Path) -> None:
 def test_saved_config_round_trips_and_a_run_dir_loads(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "mnist_cpu.json")
     save_config(cfg, tmp_path / "config.json")
-    assert load_config(tmp_path) == cfg
+    assert load_run_config(tmp_path) == cfg

@@ -11,7 +11,7 @@ __all__ = ["__version__", "load_model"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that ``import diffsat`` does not import torch.
     if name == "load_model":
-        from .models.sr3_compat import load_model
+        from .rundir import load_model
 
         return load_model
     raise AttributeError(f"module 'diffsat' has no attribute '{name}'")

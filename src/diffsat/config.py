@@ -15,14 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .errors import DiffsatError
+from .ddpmcd import foreign_keys, is_ddpmcd_config, map_ddpmcd_config
+from .errors import ConfigError
 from .fileio import atomic_write_text
 
 SCHEDULE_NAMES = ("linear", "quad", "warmup10", "warmup50", "const", "jsd", "cosine")
-
-
-class ConfigError(DiffsatError):
-    """A config that cannot be used; the message is one line naming the file and key."""
 
 
 class _Section(BaseModel):
@@ -279,21 +276,51 @@ def read_json(path: str | Path) -> Any:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, phase: str = "val") -> Config:
-    """Load and validate a config: our JSON, a DDPM-CD/SR3 JSON (detected by ``model.unet``, mapped onto
-    ours with the ``phase`` beta schedule), or a run directory (its ``config.json``).
+    """Load and validate a config file: our JSON, or a DDPM-CD/SR3 JSON (detected by ``model.unet``, mapped
+    onto ours with the ``phase`` beta schedule). A run directory's config: :func:`diffsat.rundir.load_run_config`.
 
     ``overrides`` (``section.key=value``) apply to our form of the config, so they are validated the same way.
     """
-    from .ddpmcd_config import config_from_ddpmcd, is_ddpmcd_config
-
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        raise ConfigError(f"{path}: a folder, not a config file: give the JSON file (or the run directory's)")
     data = read_json(path)
     source = str(path)
     if is_ddpmcd_config(data):
         data, source = config_from_ddpmcd(data, source, phase).to_dict(), f"{path} (mapped from DDPM-CD)"
     return parse_config(apply_overrides(data, overrides or []), source=source)
+
+
+def _foreign_validation_error(err: ValidationError, phase: str, source: str) -> ConfigError:
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    key = foreign_keys(phase).get(loc[:2]) if len(loc) >= 2 else None
+    where = f"DDPM-CD config key '{key}'" if key else f"config key '{'.'.join(loc) or '(top level)'}'"
+    return ConfigError(f"{source}: {where}: {first['msg']} (while mapping the DDPM-CD config)")
+
+
+def config_from_ddpmcd(data: dict[str, Any], source: str = "<ddpm-cd config>", phase: str = "val") -> Config:
+    """A DDPM-CD/SR3 JSON config as our :class:`Config` (mapping: :func:`diffsat.ddpmcd.map_ddpmcd_config`);
+    a value our config refuses is reported under the DDPM-CD key it came from."""
+    try:
+        return Config.model_validate(map_ddpmcd_config(data, source, phase))
+    except ValidationError as err:
+        raise _foreign_validation_error(err, phase, source) from None
+
+
+def is_conditional(cfg: Config) -> bool:
+    """A conditional SR3 model takes the condition image concatenated to x_t: in_channels != out_channels."""
+    return cfg.model.in_channels != cfg.model.out_channels
+
+
+def check_unconditional(cfg: Config) -> None:
+    """Raise :class:`ConfigError` for a conditional (SR3 super-resolution) model: diffsat cannot sample it."""
+    if is_conditional(cfg):
+        m = cfg.model
+        raise ConfigError(
+            f"this is a conditional SR3 model (in_channels {m.in_channels} = condition image + x_t, out_channels "
+            f"{m.out_channels}): diffsat samples unconditional models only (DDPM-CD's generator is unconditional)"
+        )
 
 
 def save_config(config: Config, path: str | Path) -> None:

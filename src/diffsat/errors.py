@@ -11,6 +11,10 @@ class DiffsatError(ValueError):
     """Base of every user-facing error: bad config, data, checkpoint or shape."""
 
 
+class ConfigError(DiffsatError):
+    """A config that cannot be used; the message is one line naming the file and key."""
+
+
 class CheckpointError(DiffsatError):
     """A checkpoint that cannot be used; the message names the file, the key and the likely fix."""
 

@@ -14,7 +14,6 @@ import html
 import json
 import math
 import mimetypes
-import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +24,16 @@ import numpy as np
 from . import __version__
 from .errors import DiffsatError
 from .fileio import atomic_write_text
+from .plots import plot_training
+from .rundir import (
+    config_path,
+    grid_path,
+    loss_plot_path,
+    metrics_path,
+    periodic_grids,
+    quality_plot_path,
+    report_path,
+)
 from .training.metrics import TRAIN_FIELDS, read_metrics
 
 MAX_GRIDS = 12
@@ -110,7 +119,7 @@ def read_json_file(path: Path, what: str) -> Any:
 
 def config_section(run_dir: Path) -> str:
     """``config.json`` as one key/value table per section."""
-    path = run_dir / "config.json"
+    path = config_path(run_dir)
     if not path.is_file():
         return '<h2>Configuration</h2><p class="note">no config.json in the run directory</p>'
     config = read_json_file(path, "run config")
@@ -180,23 +189,17 @@ def metrics_section(metrics: dict[str, np.ndarray]) -> str:
 def curves_section(run_dir: Path, metrics: dict[str, np.ndarray]) -> str:
     """``loss.png`` and ``quality.png``, drawn first when missing (``quality.png`` only if evaluations exist)."""
     wants_quality = bool(logged_evaluations(metrics))
-    if not (run_dir / "loss.png").is_file() or (wants_quality and not (run_dir / "quality.png").is_file()):
-        from .plots import plot_training
-
+    loss, quality = loss_plot_path(run_dir), quality_plot_path(run_dir)
+    if not loss.is_file() or (wants_quality and not quality.is_file()):
         plot_training(run_dir)
-    names = [("loss.png", "training loss")] + ([("quality.png", "sample quality")] if wants_quality else [])
-    return "<h2>Curves</h2>" + "".join(figure(run_dir / name, caption) for name, caption in names)
+    shown = [(loss, "training loss")] + ([(quality, "sample quality")] if wants_quality else [])
+    return "<h2>Curves</h2>" + "".join(figure(path, caption) for path, caption in shown)
 
 
 def sample_grids(run_dir: Path, max_grids: int = MAX_GRIDS) -> tuple[list[tuple[int, Path]], int]:
     """``([(step, path), ...], total)``: periodic grids ``samples/step_XXXXXXX.png`` in step order, thinned
     evenly to ``max_grids`` (the last kept), and how many there were."""
-    found = []
-    for path in (run_dir / "samples").glob("step_*.png"):
-        match = re.fullmatch(r"step_(\d+)\.png", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    found.sort()
+    found = periodic_grids(run_dir)
     if len(found) <= max_grids:
         return found, len(found)
     keep = np.unique(np.linspace(len(found) - 1, 0, max_grids).round().astype(int))
@@ -206,7 +209,7 @@ def sample_grids(run_dir: Path, max_grids: int = MAX_GRIDS) -> tuple[list[tuple[
 def samples_section(run_dir: Path, max_grids: int = MAX_GRIDS) -> str:
     """Embedded sample grids (EMA weights, fixed seed), oldest first, then ``final.png``."""
     grids, total = sample_grids(run_dir, max_grids)
-    final = run_dir / "samples" / "final.png"
+    final = grid_path(run_dir)
     if not grids and not final.is_file():
         return '<h2>Samples</h2><p class="note">no sample grids in samples/</p>'
     note = f'<p class="note">showing {len(grids)} of {total} periodic grids</p>' if total > len(grids) else ""
@@ -258,7 +261,7 @@ def check_run_dir(run_dir: Path) -> None:
     """One-line :class:`ReportError` unless ``run_dir`` is a directory with ``metrics.csv``."""
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found (give the --out directory of `diffsat train`)")
-    if not (run_dir / "metrics.csv").is_file():
+    if not metrics_path(run_dir).is_file():
         raise ReportError(f"{run_dir}: no metrics.csv in the run directory (train first, or check the path)")
 
 
@@ -286,4 +289,4 @@ def write_report(run_dir: str | Path, metrics_files: Sequence[str | Path] = (), 
                  out: str | Path | None = None, max_grids: int = MAX_GRIDS) -> Path:
     """Write the report of ``run_dir`` atomically to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
     text = build_report(run_dir, metrics_files, figures, max_grids)
-    return atomic_write_text(Path(out) if out else Path(run_dir) / "report.html", text)
+    return atomic_write_text(Path(out) if out else report_path(run_dir), text)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from diffsat.config import Config
-from diffsat.ddpmcd_config import config_from_ddpmcd
+from diffsat.config import config_from_ddpmcd
 from diffsat.models.layers import (
     Block,
     Downsample,
@@ -40,7 +40,7 @@ from diffsat.models.layers import (
     SelfAttention,
     Upsample,
 )
-from diffsat.models.sr3_compat import load_model
+from diffsat.rundir import load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_KEYS = REPO_ROOT.parent / "shared" / "reference" / "ddpm-cd-generator-keys.txt"
@@ -248,7 +248,7 @@ def test_sr3unet_equals_reference_to_float32_rounding(tmp_path: Path, name: str,
     cfg, sd = case(name)
     sd = sd if layout == "ddpmcd" else to_sr3_layout(sd)
     torch.save(sd, tmp_path / "gen.pth")
-    model = load_model(tmp_path / "gen.pth", cfg)
+    model = load_model(tmp_path / "gen.pth", cfg).network
     groups = cfg.model.norm_groups
     x, level = inputs(cfg)
     with torch.no_grad():
@@ -268,7 +268,7 @@ def test_reference_conditioning_shape_and_non_square_input(tmp_path: Path) -> No
     """SR3's GaussianDiffusion passes levels as (B, 1); any H, W that the down-samplings halve works."""
     cfg, sd = case("two-attn")
     torch.save(sd, tmp_path / "gen.pth")
-    model = load_model(tmp_path / "gen.pth", cfg)
+    model = load_model(tmp_path / "gen.pth", cfg).network
     x, level = inputs(cfg, batch=2, size=(8, 20))
     with torch.no_grad():
         ours = model(x, level.reshape(-1, 1))
@@ -280,7 +280,7 @@ def test_each_sample_depends_on_its_own_level(tmp_path: Path) -> None:
     """The reference conditions each batch row on its own level: swapping levels changes the rows."""
     cfg, sd = case("two-attn")
     torch.save(sd, tmp_path / "gen.pth")
-    model = load_model(tmp_path / "gen.pth", cfg)
+    model = load_model(tmp_path / "gen.pth", cfg).network
     x, level = inputs(cfg, batch=2)
     with torch.no_grad():
         a, b = model(x, level), model(x, level.flip(0))

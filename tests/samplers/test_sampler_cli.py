@@ -12,7 +12,7 @@ from PIL import Image
 
 from diffsat.cli import main
 from diffsat.data.transforms import to_uint8_hwc
-from diffsat.models.sr3_compat import load_model
+from diffsat.rundir import load_model
 from diffsat.sampling import SampleSettings, generate
 
 TINY = tiny_config(data={"limit": 16}, max_steps=2, log_every=1, sample_steps=2)
@@ -34,9 +34,9 @@ def test_sample_options_reach_the_images(run_dir: Path, tmp_path: Path) -> None:
     argv = ["sample", str(run_dir), "--n", "3", "--steps", "4", "--seed", "5", "--device", "cpu"]
     assert main([*argv, "--out", str(tmp_path / "opts"), *OPTIONS]) == 0
     assert main([*argv, "--out", str(tmp_path / "plain"), "--sampler", "ddim"]) == 0
-    net = load_model(run_dir)
+    loaded = load_model(run_dir)
     settings = SampleSettings("ddim", 4, eta=0.5, spacing="quadratic", x0_clip="dynamic", device="cpu")
-    expected = to_uint8_hwc(generate(net, net.diffsat_config, 3, 5, settings, progress=False))[..., 0]
+    expected = to_uint8_hwc(generate(loaded.network, loaded.config, 3, 5, settings, progress=False))[..., 0]
     got = read_pngs(tmp_path / "opts", 3)
     assert np.array_equal(got, expected)
     assert not np.array_equal(got, read_pngs(tmp_path / "plain", 3))
@@ -104,9 +104,9 @@ def test_sample_by_class_with_guidance(conditional_run: Path, tmp_path: Path) ->
     assert main(argv) == 0
     assert (tmp_path / "s" / "labels.txt").read_text().split() == [
         "sample_00000.png", "3", "sample_00001.png", "8", "sample_00002.png", "3", "sample_00003.png", "8"]
-    net = load_model(conditional_run)
+    loaded = load_model(conditional_run)
     settings = SampleSettings("ancestral", 3, device="cpu", guidance=1.5)
-    expected = to_uint8_hwc(generate(net, net.diffsat_config, 4, 0, settings, labels=[3, 8], progress=False))
+    expected = to_uint8_hwc(generate(loaded.network, loaded.config, 4, 0, settings, labels=[3, 8], progress=False))
     assert np.array_equal(read_pngs(tmp_path / "s", 4), expected[..., 0])
     assert main(["chain", str(conditional_run), "--n", "1", "--steps", "3", "--frames", "2", "--label", "5",
                  "--out", str(tmp_path / "c.png")]) == 0

@@ -9,12 +9,12 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
 
+from diffsat import rundir
 from diffsat.config import Config, parse_config
 from diffsat.data import ImageDataset, load_dataset
 from diffsat.errors import CheckpointError, DiffsatError, TrainingDivergedError
-from diffsat.models.sr3_compat import load_model
 from diffsat.models.unet import ModelShapeError
-from diffsat.training import checkpoint as ckpt
+from diffsat.plots import plot_training
 from diffsat.training.ema import EMA
 from diffsat.training.loop import Trainer, batch_indices, lr_at
 from diffsat.training.metrics import read_metrics
@@ -37,7 +37,7 @@ def digits() -> ImageDataset:
 
 def test_loss_falls_on_real_digits(tmp_path: Path, digits: ImageDataset) -> None:
     cfg = tiny(train={"max_steps": 80, "log_every": 10, "save_every": 1000})
-    result = Trainer(cfg, tmp_path / "run", dataset=digits).run(progress=False)
+    result = Trainer(cfg, tmp_path / "run", dataset=digits, on_finish=[plot_training]).run(progress=False)
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert result.step == 80 and result.stopped_by == "max_steps"
     assert last < 0.6 * first, (first, last)
@@ -68,7 +68,7 @@ def test_resume_is_exact(tmp_path: Path, digits: ImageDataset) -> None:
 def test_checkpoint_round_trip_and_atomic_files(tmp_path: Path, digits: ImageDataset) -> None:
     trainer = Trainer(tiny(), tmp_path, dataset=digits)
     trainer.run(progress=False)
-    state = ckpt.load_train_state(tmp_path)
+    state = rundir.load_train_state(tmp_path)
     assert state["step"] == 6 and state["ema_updates"] == 6
     fresh = Trainer(tiny(), tmp_path, resume=True, dataset=digits)
     for a, b in zip(trainer.model.state_dict().values(), fresh.model.state_dict().values()):
@@ -97,7 +97,7 @@ def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path: Path, digits: Imag
     cfg = tiny(train={"max_steps": 10_000, "time_limit_minutes": 0.02, "save_every": 10_000})
     result = Trainer(cfg, tmp_path, dataset=digits).run(progress=False)
     assert result.stopped_by == "time_limit" and 0 < result.step < 10_000
-    assert ckpt.load_train_state(tmp_path)["step"] == result.step
+    assert rundir.load_train_state(tmp_path)["step"] == result.step
 
 
 def test_ctrl_c_saves_before_stopping(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
@@ -112,7 +112,7 @@ def test_ctrl_c_saves_before_stopping(tmp_path: Path, digits: ImageDataset, monk
     monkeypatch.setattr(trainer, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         trainer.run(progress=False)
-    assert ckpt.load_train_state(tmp_path)["step"] == 4
+    assert rundir.load_train_state(tmp_path)["step"] == 4
 
 
 def test_lr_schedules() -> None:
@@ -165,7 +165,7 @@ def test_a_run_samples_its_ema_unless_asked_for_the_trained_weights(tmp_path: Pa
     files = {name: load_file(tmp_path / "run" / name) for name in ("ema.safetensors", "model.safetensors")}
     assert any(not torch.equal(files["ema.safetensors"][k], v) for k, v in files["model.safetensors"].items())
     for ema, name in ((True, "ema.safetensors"), (False, "model.safetensors")):
-        state = load_model(tmp_path / "run", ema=ema).state_dict()
+        state = rundir.load_model(tmp_path / "run", ema=ema).network.state_dict()
         assert all(torch.equal(state[k], v) for k, v in files[name].items()), name
 
 

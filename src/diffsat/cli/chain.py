@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     if not 2 <= args.frames <= args.steps + 1:
         raise DiffsatError(f"--frames must be between 2 and --steps + 1 ({args.steps + 1}), got {args.frames}")
     settings = settings_from(args)  # refuses bad option combinations before loading the network
-    net = load_network(args)
-    settings = settings.for_model(net.diffsat_config)
-    frames, fractions = chain_frames(net, net.diffsat_config, args.n, args.seed, settings,
-                                     frames=args.frames, schedule=net.diffsat_schedule, progress=True,
+    loaded = load_network(args)
+    settings = settings.for_model(loaded.config)
+    frames, fractions = chain_frames(loaded.network, loaded.config, args.n, args.seed, settings,
+                                     frames=args.frames, schedule=loaded.schedule, progress=True,
                                      labels=args.label)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{settings.describe()}, seed {args.seed}"

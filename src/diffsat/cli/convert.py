@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.sr3_compat import convert_checkpoint
+    from ..rundir import convert_checkpoint
 
     out = convert_checkpoint(args.checkpoint, args.config, args.out)
     print(f"converted {args.checkpoint} -> {out}")

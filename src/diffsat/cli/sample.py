@@ -62,14 +62,14 @@ def settings_from(args: argparse.Namespace):
 
 
 def load_network(args: argparse.Namespace):
-    """The network of ``args.checkpoint`` (with ``diffsat_config`` and ``diffsat_schedule``); a conditional
-    SR3 model is refused in one line before any sampling."""
-    from ..ddpmcd_config import check_unconditional
-    from ..models.sr3_compat import load_model
+    """The :class:`~diffsat.rundir.LoadedModel` of ``args.checkpoint``; a conditional SR3 model is refused in
+    one line before any sampling."""
+    from ..config import check_unconditional
+    from ..rundir import load_model
 
-    net = load_model(args.checkpoint, args.config, ema=not args.no_ema)
-    check_unconditional(net.diffsat_config)
-    return net
+    loaded = load_model(args.checkpoint, args.config, ema=not args.no_ema)
+    check_unconditional(loaded.config)
+    return loaded
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -90,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling import class_labels, generate, save_grid, save_pngs, write_labels
 
     settings = settings_from(args)  # refuses bad option combinations before loading the network
-    net = load_network(args)
-    config, schedule = net.diffsat_config, net.diffsat_schedule
+    loaded = load_network(args)
+    config = loaded.config
     start = time.perf_counter()
-    images = generate(net, config, args.n, args.seed, settings, labels=args.label, schedule=schedule)
+    images = generate(loaded.network, config, args.n, args.seed, settings, labels=args.label,
+                      schedule=loaded.schedule)
     seconds = time.perf_counter() - start
     save_pngs(images, args.out)
     if config.model.num_classes is not None:

@@ -4,6 +4,7 @@
 ``[-1, 1]``; see :mod:`diffsat.data.mnist` for where MNIST is looked for by default.
 """
 
-from diffsat.data.dataset import DataError, ImageDataset, load_dataset
+from diffsat.data.dataset import DataError, ImageDataset
+from diffsat.data.loaders import load_dataset
 
 __all__ = ["DataError", "ImageDataset", "load_dataset"]

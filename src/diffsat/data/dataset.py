@@ -1,6 +1,6 @@
-"""The in-memory image dataset type, the data error, and ``load_dataset`` (dispatch on ``data.kind``).
+"""The in-memory image dataset type and the data error.
 
-Every loader returns an :class:`ImageDataset`. Its ``tiles`` are what is held in memory: a contiguous,
+Every loader (:mod:`diffsat.data.loaders`) returns an :class:`ImageDataset`. Its ``tiles`` are what is held in memory: a contiguous,
 square ``(N, C, S, S)`` tensor, uint8 in ``[0, 255]`` (image folders, LEVIR-CD: a quarter of the memory of
 float32) or float32 in ``[-1, 1]`` (MNIST), at ``S = data.load_size`` (default ``data.image_size``, or the
 stored tile size with ``data.random_crop``). ``images`` is the same data as float32 in ``[-1, 1]``.
@@ -9,9 +9,6 @@ Training batches are cut to ``data.image_size`` and brought to float32 by
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -100,55 +97,3 @@ class ImageDataset:
             f"ImageDataset(n={len(self)}, channels={self.channels}, resolution={self.resolution}, "
             f"tiles={dtype}, labels={labels}, source={self.source!r})"
         )
-
-
-class _NoBar:
-    """Stand-in for a tqdm bar when tqdm is missing or the bar is not wanted."""
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        return None
-
-
-def progress_bar(total: int | None, desc: str, unit: str = "it", enabled: bool = True) -> Any:
-    """A tqdm bar (context manager with ``update(n)``) when tqdm is importable and ``enabled``, else a no-op.
-
-    The bar is hidden automatically when stderr is not a terminal (``disable=None``).
-    """
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return _NoBar()
-        scale = unit == "B"
-        return tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, disable=None, leave=False)
-    return _NoBar()
-
-
-def _loaders() -> dict[str, Callable[[DataConfig], ImageDataset]]:
-    # Imported here: the loader modules import DataError/ImageDataset from this module.
-    from diffsat.data.folder import load_image_folder
-    from diffsat.data.levir import load_levir
-    from diffsat.data.mnist import load_mnist_dataset
-
-    return {"mnist": load_mnist_dataset, "folder": load_image_folder, "levir": load_levir}
-
-
-def load_dataset(cfg: DataConfig) -> ImageDataset:
-    """Load the dataset described by ``cfg`` (the ``data`` config section) into memory.
-
-    Returns an :class:`ImageDataset` with ``images`` ``(N, cfg.channels, S, S)`` (uint8 or float32, see the
-    module docstring), ``S = cfg.load_size`` or its default. Cropping to ``cfg.image_size`` and augmentation
-    happen per batch in :func:`diffsat.data.transforms.augment`.
-    """
-    loaders = _loaders()
-    try:
-        loader = loaders[cfg.kind]
-    except KeyError:
-        raise DataError(f"data.kind '{cfg.kind}': unknown kind (one of {', '.join(loaders)})") from None
-    return loader(cfg)

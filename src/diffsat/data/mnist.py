@@ -36,9 +36,10 @@ import torch
 from PIL import Image
 
 from diffsat.config import DataConfig
-from diffsat.data.dataset import DataError, ImageDataset, progress_bar
+from diffsat.data.dataset import DataError, ImageDataset
 from diffsat.data.transforms import to_unit_range
 from diffsat.fileio import cache_dir, sha256_file
+from diffsat.progress import progress_bar
 
 Split = Literal["train", "test"]
 Arrays = tuple[np.ndarray, np.ndarray]

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from diffsat.config import DataConfig
-from diffsat.data.dataset import DataError, progress_bar
+from diffsat.data.dataset import DataError
+from diffsat.progress import progress_bar
 
 MODES = {1: "L", 3: "RGB"}
 """PIL mode of the tiles for each ``data.channels``."""

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffsat.config import DataConfig, load_config
-from diffsat.data.dataset import DataError, load_dataset, progress_bar
+from diffsat.config import DataConfig
+from diffsat.data import DataError, load_dataset
 from diffsat.data.folder import (
     IMAGE_SUFFIXES,
     list_image_files,
@@ -37,6 +37,8 @@ from diffsat.data.mnist import load_mnist_idx, resize_digits, resolve_mnist_sour
 from diffsat.data.tiles import DECODE_ERRORS
 from diffsat.data.transforms import to_unit_range
 from diffsat.errors import DiffsatError
+from diffsat.progress import progress_bar
+from diffsat.rundir import is_run_dir, load_run_config
 
 SAMPLE_GRID_NAME = "grid.png"
 """The overview grid ``diffsat sample`` writes into its output folder; never counted as a sample."""
@@ -75,13 +77,6 @@ class ImageSet:
         """The images (and labels) at ``index`` ``(K,)`` int64, same source text."""
         labels = None if self.labels is None else self.labels[index]
         return ImageSet(self.images[index], labels, self.source)
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` is a diffsat run directory (``config.json`` and model weights)."""
-    return (path / "config.json").is_file() and any(
-        (path / name).is_file() for name in ("model.safetensors", "ema.safetensors")
-    )
 
 
 def is_mnist_idx_folder(path: Path) -> bool:
@@ -222,7 +217,7 @@ def _first(images: torch.Tensor, labels: torch.Tensor | None, limit: int | None)
 def _run_dir_set(root: Path, channels: int, size: int, limit: int | None, role: str, training: bool) -> ImageSet:
     """The training images (``training``) or held-out images of the run in ``root``, as the model saw them
     (:meth:`ImageDataset.model_view`), first ``limit``."""
-    config = load_config(root)
+    config = load_run_config(root)
     data = config.data
     if (data.channels, data.image_size) != (channels, size):
         raise EvaluationError(

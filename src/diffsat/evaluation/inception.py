@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffsat.errors import DiffsatError
+from diffsat.progress import progress_bar
+from diffsat.rundir import safe_torch_load
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 """File name of the pytorch-fid weights (released at github.com/mseitzer/pytorch-fid, ``fid_weights``)."""
@@ -195,7 +197,6 @@ class FIDInceptionV3(nn.Module):
     @torch.inference_mode()
     def features(self, x: torch.Tensor, batch_size: int = 32, progress: bool = False) -> torch.Tensor:
         """Pool3 features ``(N, 2048)`` float32 (CPU) of images ``(N, C, H, W)`` in ``[-1, 1]``, in eval mode."""
-        from diffsat.data.dataset import progress_bar
 
         self.eval()
         device = next(self.parameters()).device
@@ -221,9 +222,7 @@ def prepare_input(x: torch.Tensor) -> torch.Tensor:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The ``{name: tensor}`` dict in ``path``, read with ``torch.load(weights_only=True)`` (never unpickling code;
-    :func:`diffsat.models.sr3_compat.safe_torch_load`); a missing file or other content is a one-line error."""
-    from diffsat.models.sr3_compat import safe_torch_load
-
+    :func:`diffsat.rundir.safe_torch_load`); a missing file or other content is a one-line error."""
     if not path.is_file():
         raise InceptionError(
             f"{path}: Inception weights file not found; pass --inception the path of {WEIGHTS_NAME} "

@@ -13,6 +13,7 @@ import functools
 import math
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,19 +21,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .. import rundir
 from ..config import Config, DataConfig, TrainConfig, save_config
 from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..errors import DiffsatError, TrainingDivergedError
+from ..evaluation.during_training import make_training_evaluator
 from ..models.unet import build_unet
-from . import checkpoint as ckpt
+from ..sampling import SampleSettings, generate, save_grid
 from .distributed import DistContext, setup, teardown
 from .ema import EMA
 from .metrics import MetricsLog
 from .tensorboard import TensorBoardLog
 from .throughput import train_step_flops
+
+FinishHook = Callable[[Path], object]
+"""Called with the run directory when training ends (rank 0), e.g. :func:`diffsat.plots.plot_training`."""
 
 GRID_SEED = 1234
 """Seed of the periodic sample grids and evaluation samples (the same noise every time, so they compare)."""
@@ -120,8 +126,9 @@ class Trainer:
         resume: bool = False,
         dataset: ImageDataset | None = None,
         dist: DistContext | None = None,
+        on_finish: Sequence[FinishHook] = (),
     ) -> None:
-        self.config, self.run_dir = config, Path(run_dir)
+        self.config, self.run_dir, self.on_finish = config, Path(run_dir), tuple(on_finish)
         tc = config.train
         with torch.device("meta"):  # shape errors (image size, groups) before the data is read, at no cost
             build_unet(config.model)
@@ -150,13 +157,11 @@ class Trainer:
         self.evaluator, self.tensorboard = None, None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, self.run_dir / ckpt.CONFIG_FILE)
-            self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.step if resume else None)
+            save_config(config, rundir.config_path(self.run_dir))
+            self.metrics = MetricsLog(rundir.metrics_path(self.run_dir), self.step if resume else None)
             if tc.tensorboard:
-                self.tensorboard = TensorBoardLog(self.run_dir / "tensorboard")
+                self.tensorboard = TensorBoardLog(rundir.tensorboard_dir(self.run_dir))
             if tc.eval_every:
-                from ..evaluation.during_training import make_training_evaluator
-
                 self.evaluator = make_training_evaluator(config, self.dataset)
 
     @property
@@ -164,9 +169,9 @@ class Trainer:
         return self.config.train.batch_size * self.dist.world_size
 
     def _resume(self) -> None:
-        state = ckpt.load_train_state(self.run_dir)
-        ckpt.load_into(self.model, self.run_dir / ckpt.MODEL_FILE)
-        ckpt.load_into(self.ema.model, self.run_dir / ckpt.EMA_FILE)
+        state = rundir.load_train_state(self.run_dir)
+        rundir.load_weights_into(self.model, self.run_dir, "model")
+        rundir.load_weights_into(self.ema.model, self.run_dir, "ema")
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_s, self.ema.updates = state["step"], state["elapsed_s"], state["ema_updates"]
 
@@ -180,7 +185,7 @@ class Trainer:
             "ema_updates": self.ema.updates,
             "optimizer": self.optimizer.state_dict(),
         }
-        ckpt.save_checkpoint(self.run_dir, self.model, self.ema.model, state)
+        rundir.save_checkpoint(self.run_dir, self.model, self.ema.model, state)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's images of the current step, cropped and augmented: (B, C, S, S) float32 in [-1, 1],
@@ -240,16 +245,12 @@ class Trainer:
 
     def ema_samples(self, n: int) -> torch.Tensor:
         """``n`` images from the EMA weights with the fixed grid seed: (n, C, S, S) in [-1, 1]."""
-        from ..sampling import SampleSettings, generate
-
         tc = self.config.train
         settings = SampleSettings(steps=tc.sample_steps, bf16=tc.precision == "bf16", device=str(self.device))
         return generate(self.ema.model, self.config, n, seed=GRID_SEED, settings=settings, progress=False)
 
     def sample_grid(self, path: Path, n: int = 9) -> None:
         """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
-        from ..sampling import save_grid
-
         images = self.ema_samples(n)
         save_grid(images, path, scale=max(1, 128 // self.config.model.image_size))
         if self.tensorboard is not None:
@@ -278,7 +279,7 @@ class Trainer:
         if tc.eval_every and self.step % tc.eval_every == 0 and self.evaluator is not None:
             self.log({"step": self.step, **self.evaluate()})
         if self.step % tc.sample_every == 0:
-            self.sample_grid(self.run_dir / "samples" / f"step_{self.step:07d}.png")
+            self.sample_grid(rundir.grid_path(self.run_dir, self.step))
         if self.step % tc.save_every == 0:
             self.save()
 
@@ -326,15 +327,12 @@ class Trainer:
                            stopped_by, losses, self.dist.is_main)
 
     def finish(self) -> None:
-        """Final evaluation, sample grid, training curves and the HTML report."""
-        from ..plots import plot_training
-        from ..report import write_report
-
+        """Final evaluation and sample grid, then the ``on_finish`` hooks (e.g. curves, the HTML report)."""
         if self.evaluator is not None and self.step % self.config.train.eval_every != 0:
             self.log({"step": self.step, **self.evaluate()})
-        self.sample_grid(self.run_dir / "samples" / "final.png")
-        plot_training(self.run_dir)
-        write_report(self.run_dir)
+        self.sample_grid(rundir.grid_path(self.run_dir))
+        for hook in self.on_finish:
+            hook(self.run_dir)
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -358,11 +356,13 @@ class _LogWindow:
         return row
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          on_finish: Sequence[FinishHook] = ()) -> TrainResult:
     """Train ``config`` into ``run_dir`` (resuming from its checkpoint when ``resume``); under torchrun each
-    process calls this and they train together."""
+    process calls this and they train together. ``on_finish``: called with the run directory by rank 0
+    after the final checkpoint and sample grid (the CLI draws the curves and writes the report)."""
     dist = setup(config.train.device)
     try:
-        return Trainer(config, run_dir, resume=resume, dist=dist).run(progress=progress)
+        return Trainer(config, run_dir, resume=resume, dist=dist, on_finish=on_finish).run(progress=progress)
     finally:
         teardown(dist)

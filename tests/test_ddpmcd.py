@@ -1,4 +1,4 @@
-"""Loading DDPM-CD / SR3 checkpoints and configs (diffsat.models.sr3_compat).
+"""Loading DDPM-CD / SR3 checkpoints and configs (diffsat.ddpmcd, diffsat.rundir).
 
 Small random networks are saved in each foreign layout and loaded back bit for bit; the 391M DDPM-CD
 generator layout is checked key by key against ``../shared/reference/ddpm-cd-generator-keys.txt`` on the
@@ -19,24 +19,23 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffsat.config import Config, ConfigError, load_config, save_config, strip_json_comments
-from diffsat.ddpmcd_config import check_unconditional, config_from_ddpmcd, is_conditional
-from diffsat.diffusion.schedules import NoiseSchedule, make_betas
-from diffsat.models.sr3_compat import (
-    BUFFER_NAMES,
-    CheckpointError,
-    check_state_dict,
-    compare_schedule,
-    convert_checkpoint,
-    detect_layout,
-    load_model,
-    map_key,
-    safe_torch_load,
-    to_our_keys,
+from diffsat.config import (
+    Config,
+    ConfigError,
+    check_unconditional,
+    config_from_ddpmcd,
+    is_conditional,
+    load_config,
+    save_config,
+    strip_json_comments,
 )
+from diffsat.ddpmcd import BUFFER_NAMES, detect_layout, map_key, to_our_keys
+from diffsat.diffusion.schedules import NoiseSchedule, make_betas
+from diffsat.errors import CheckpointError
+from diffsat.rundir import check_state_dict, compare_schedule, convert_checkpoint, load_model, safe_torch_load
 from diffsat.models.unet import build_unet, count_parameters
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = REPO_ROOT.parent / "shared" / "reference" / "ddpm-cd-generator-keys.txt"
 DDPMCD_PARAMS = 391_048_067
 
@@ -148,16 +147,16 @@ def cfg() -> Config:
 def test_each_layout_loads_bit_identical(tmp_path: Path, cfg: Config, layout: str) -> None:
     path = save_layout(tmp_path, cfg, layout)
     assert detect_layout(torch.load(path, weights_only=True)) == layout
-    model = load_model(path, cfg)
-    assert not model.training and model.diffsat_config == cfg
-    assert torch.equal(outputs(model, cfg), outputs(source_net(cfg), cfg))
+    loaded = load_model(path, cfg)
+    assert not loaded.network.training and loaded.config == cfg and loaded.weights == str(path)
+    assert torch.equal(outputs(loaded.network, cfg), outputs(source_net(cfg), cfg))
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model"])
 def test_wrapped_state_dict_loads(tmp_path: Path, cfg: Config, wrapper: str) -> None:
     sd = to_layout(source_net(cfg).state_dict(), "ddpmcd") | ddpmcd_buffers(make_betas("linear", 100))
     torch.save({wrapper: sd, "iter": 100}, tmp_path / "wrapped.pth")
-    assert torch.equal(outputs(load_model(tmp_path / "wrapped.pth", cfg), cfg), outputs(source_net(cfg), cfg))
+    assert torch.equal(outputs(load_model(tmp_path / "wrapped.pth", cfg).network, cfg), outputs(source_net(cfg), cfg))
 
 
 def test_bare_safetensors_and_legacy_format_load(tmp_path: Path, cfg: Config) -> None:
@@ -166,7 +165,7 @@ def test_bare_safetensors_and_legacy_format_load(tmp_path: Path, cfg: Config) ->
     torch.save(to_layout(sd, "sr3"), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
     expected = outputs(source_net(cfg), cfg)
     for name in ("bare.safetensors", "legacy.pt"):  # legacy: mmap is impossible, loaded without it
-        assert torch.equal(outputs(load_model(tmp_path / name, cfg), cfg), expected)
+        assert torch.equal(outputs(load_model(tmp_path / name, cfg).network, cfg), expected)
 
 
 def test_unprefixed_sr3_unet_and_package_level_import(tmp_path: Path, cfg: Config) -> None:
@@ -175,20 +174,20 @@ def test_unprefixed_sr3_unet_and_package_level_import(tmp_path: Path, cfg: Confi
     sd = {k.removeprefix("denoise_fn."): v for k, v in to_layout(source_net(cfg).state_dict(), "sr3").items()}
     assert detect_layout(sd) == "sr3"
     torch.save(sd, tmp_path / "netG.pth")
-    model = diffsat.load_model(tmp_path / "netG.pth", cfg)
+    model = diffsat.load_model(tmp_path / "netG.pth", cfg).network
     assert torch.equal(outputs(model, cfg), outputs(source_net(cfg), cfg))
 
 
 def test_config_may_be_a_ddpmcd_json_path(tmp_path: Path, cfg: Config) -> None:
     path = save_layout(tmp_path, cfg, "ddpmcd")
     json_path = write_commented_json(ddpmcd_config(), tmp_path / "ddpm_train.json")
-    assert torch.equal(outputs(load_model(path, json_path), cfg), outputs(source_net(cfg), cfg))
+    assert torch.equal(outputs(load_model(path, json_path).network, cfg), outputs(source_net(cfg), cfg))
 
 
 def test_loaded_model_owns_its_memory(tmp_path: Path, cfg: Config) -> None:
     """The weights are copied out of the memory-mapped file: overwriting it in place is harmless."""
     path = save_layout(tmp_path, cfg, "ddpmcd")
-    model = load_model(path, cfg)
+    model = load_model(path, cfg).network
     path.write_bytes(b"")
     assert torch.equal(outputs(model, cfg), outputs(source_net(cfg), cfg))
 
@@ -200,14 +199,14 @@ def test_schedule_read_back_from_buffers(tmp_path: Path, cfg: Config) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model = load_model(save_layout(tmp_path, cfg, "ddpmcd"), cfg)
-    got = model.diffsat_schedule.alphas_cumprod
+    got = model.schedule.alphas_cumprod
     assert got.dtype == torch.float64 and got.shape == (100,)
     torch.testing.assert_close(got, NoiseSchedule.named("linear", 100).alphas_cumprod, rtol=1e-6, atol=0)
 
 
 def test_schedule_without_buffers_comes_from_config(tmp_path: Path, cfg: Config) -> None:
     model = load_model(save_layout(tmp_path, cfg, "bare"), cfg)
-    assert torch.equal(model.diffsat_schedule.alphas_cumprod, NoiseSchedule.named("linear", 100).alphas_cumprod)
+    assert torch.equal(model.schedule.alphas_cumprod, NoiseSchedule.named("linear", 100).alphas_cumprod)
 
 
 @pytest.mark.parametrize("change", [dict(schedule="cosine"), dict(n_timestep=1000)])
@@ -217,7 +216,7 @@ def test_schedule_mismatch_warns_and_file_wins(tmp_path: Path, change: dict) -> 
     with pytest.warns(UserWarning, match="schedule") as record:
         model = load_model(path, cfg)
     assert "linear (T=100" in str(record[0].message)
-    assert model.diffsat_schedule.timesteps == 100
+    assert model.schedule.timesteps == 100
 
 
 def test_compare_schedule() -> None:
@@ -423,10 +422,11 @@ def test_convert_round_trip(tmp_path: Path, cfg: Config, layout: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the stored float32 schedule agrees with the config's
         direct, converted = load_model(src, cfg), load_model(run_dir)
-    assert converted.diffsat_config == cfg == load_config(run_dir / "config.json")
-    assert torch.equal(outputs(converted, cfg), outputs(direct, cfg))
-    assert torch.equal(outputs(load_model(run_dir, ema=False), cfg), outputs(direct, cfg))
-    assert torch.equal(converted.diffsat_schedule.alphas_cumprod, direct.diffsat_schedule.alphas_cumprod)
+    assert converted.config == cfg == load_config(run_dir / "config.json")
+    assert converted.weights == "ema" and load_model(run_dir, ema=False).weights == "model"
+    assert torch.equal(outputs(converted.network, cfg), outputs(direct.network, cfg))
+    assert torch.equal(outputs(load_model(run_dir, ema=False).network, cfg), outputs(direct.network, cfg))
+    assert torch.equal(converted.schedule.alphas_cumprod, direct.schedule.alphas_cumprod)
     stored = load_file(run_dir / "schedule.safetensors")
     assert stored["alphas_cumprod"].dtype == torch.float64 and stored["alphas_cumprod"].shape == (100,)
 

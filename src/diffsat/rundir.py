@@ -1,16 +1,17 @@
-"""Load DDPM-CD / SR3 pretrained checkpoints and configs into diffsat.
+"""Run directories: every file name of a run, reading and writing checkpoints, and loading a network.
 
-Three weight layouts are read (all map onto :class:`~diffsat.models.unet.SR3UNet` by key names alone):
+A run directory holds ``config.json`` (the resolved config), ``model.safetensors`` and ``ema.safetensors``
+(weights, with the step in their metadata), ``train_state.pt`` (optimiser state, step, EMA update count, time
+in training steps; read with ``weights_only=True``), ``metrics.csv``, ``loss.png`` / ``quality.png``,
+``samples/`` (periodic grids ``step_XXXXXXX.png`` and ``final.png``), ``report.html`` and optionally
+``tensorboard/``; a converted foreign checkpoint adds ``schedule.safetensors``. Only this module spells
+those names: callers ask it for a run's config, its latest checkpoint's weights or train state, or the path
+of one of its outputs. Every file is written to a temporary name beside it and moved into place with
+``os.replace``, so a crash leaves the previous file intact.
 
-- ``ddpmcd``: ``torch.save(GaussianDiffusion.state_dict())`` of DDPM-CD (``*_gen.pth``): ``denoise_fn.<our key>``
-  plus 12 float32 noise-schedule buffers of length ``n_timestep`` (:data:`BUFFER_NAMES`);
-- ``sr3``: the original SR3 code (Janspiry/Image-Super-Resolution-via-Iterative-Refinement), whose first conv
-  is ``downs.0`` (no ``init_conv``), so every later ``downs`` index is one higher than ours;
-- ``bare``: a U-Net state dict with our (= DDPM-CD's unprefixed) keys.
-
-A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is accepted. Files are read with
-``torch.load(weights_only=True)``: a pickle that needs arbitrary code is refused, never executed. DDPM-CD/SR3
-JSON configs (with ``//`` comments) map onto our :class:`~diffsat.config.Config`.
+Foreign weight files (DDPM-CD / SR3 ``*_gen.pth``, bare state dicts, ``.safetensors``) are read with
+``torch.load(weights_only=True)``: a pickle that needs arbitrary code is refused, never executed; their
+layouts are mapped by :mod:`diffsat.ddpmcd`. :func:`load_model` returns a :class:`LoadedModel`.
 """
 
 from __future__ import annotations
@@ -20,104 +21,97 @@ import re
 import shutil
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config import (
-    SCHEDULE_NAMES,
-    Config,
-    DiffusionConfig,
-    load_config,
-    save_config,
-)
-from ..diffusion.schedules import F64, NoiseSchedule, make_betas
-from ..errors import CheckpointError
-from ..fileio import atomic_write
-from ..training.checkpoint import (
-    CONFIG_FILE,
-    EMA_FILE,
-    MODEL_FILE,
-    SCHEDULE_FILE,
-    WEIGHTS_FORMAT,
-)
-from .unet import build_unet
+from .config import SCHEDULE_NAMES, Config, DiffusionConfig, load_config, save_config
+from .ddpmcd import StateDict, to_our_keys, unwrap_state_dict
+from .diffusion.schedules import F64, NoiseSchedule, make_betas
+from .errors import CheckpointError
+from .fileio import atomic_write
+from .models.unet import build_unet
 
-Layout = Literal["ddpmcd", "sr3", "bare"]
-StateDict = dict[str, torch.Tensor]
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+STATE_FILE = "train_state.pt"
+SCHEDULE_FILE = "schedule.safetensors"
+"""Written by ``diffsat convert`` when a foreign checkpoint carries its own noise-schedule buffers."""
+METRICS_FILE = "metrics.csv"
+REPORT_FILE = "report.html"
+LOSS_PLOT = "loss.png"
+QUALITY_PLOT = "quality.png"
+SAMPLES_DIR = "samples"
+FINAL_GRID = "final.png"
+TENSORBOARD_DIR = "tensorboard"
+WEIGHTS_FORMAT = "diffsat-unet-v1"
 
-PREFIX = "denoise_fn."
-BUFFER_NAMES = (
-    "betas",
-    "alphas_cumprod",
-    "alphas_cumprod_prev",
-    "sqrt_alphas_cumprod",
-    "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod",
-    "sqrt_recip_alphas_cumprod",
-    "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance",
-    "posterior_log_variance_clipped",
-    "posterior_mean_coef1",
-    "posterior_mean_coef2",
-)
-WRAPPER_KEYS = ("state_dict", "model")
+Weights = Literal["ema", "model"]
+_GRID_NAME = re.compile(r"step_(\d+)\.png")
+
+# ------------------------------------------------------------------------------------------ names and paths
 
 
-# ------------------------------------------------------------------------------------------------ keys
-
-_DOWNS = re.compile(r"^downs\.(\d+)\.(.+)$")
-
-
-def detect_layout(state_dict: Mapping[str, Any]) -> Layout:
-    """``sr3`` when the first conv is ``downs.0`` (no ``init_conv``); else ``ddpmcd`` (``denoise_fn.`` prefix)
-    or ``bare`` (our keys)."""
-    stripped = {k.removeprefix(PREFIX) for k in state_dict}
-    if "downs.0.weight" in stripped and "init_conv.weight" not in stripped:
-        return "sr3"
-    return "ddpmcd" if any(k.startswith(PREFIX) for k in state_dict) else "bare"
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a diffsat run directory (``config.json`` and model weights)."""
+    path = Path(path)
+    return (path / CONFIG_FILE).is_file() and any((path / n).is_file() for n in (MODEL_FILE, EMA_FILE))
 
 
-def map_key(key: str, layout: Layout) -> str:
-    """Our key for a U-Net key of ``layout`` (pure string function; schedule buffers are not U-Net keys).
-
-    >>> map_key("denoise_fn.downs.0.weight", "sr3"), map_key("denoise_fn.downs.3.conv.bias", "sr3")
-    ('init_conv.weight', 'downs.2.conv.bias')
-    """
-    if layout == "bare":
-        return key
-    key = key.removeprefix(PREFIX)
-    if layout == "ddpmcd":
-        return key
-    if layout != "sr3":
-        raise ValueError(f"unknown layout '{layout}': one of ddpmcd, sr3, bare")
-    match = _DOWNS.match(key)
-    if match is None:
-        return key
-    index, rest = int(match[1]), match[2]
-    return f"init_conv.{rest}" if index == 0 else f"downs.{index - 1}.{rest}"
+def config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG_FILE
 
 
-def to_our_keys(state_dict: Mapping[str, torch.Tensor]) -> tuple[StateDict, StateDict]:
-    """Split a checkpoint into (U-Net state dict with our keys, schedule buffers); tensors are not copied."""
-    layout = detect_layout(state_dict)
-    buffers = {k: v for k, v in state_dict.items() if k in BUFFER_NAMES}
-    unet: StateDict = {}
-    for key, value in state_dict.items():
-        if key in buffers:
-            continue
-        ours = map_key(key, layout)
-        if ours in unet:
-            raise CheckpointError(
-                f"two checkpoint keys map to '{ours}' (layout {layout}): a mixed or corrupt state dict"
-            )
-        unet[ours] = value
-    return unet, buffers
+def metrics_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / METRICS_FILE
 
 
-# ----------------------------------------------------------------------------------------------- files
+def report_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / REPORT_FILE
+
+
+def loss_plot_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LOSS_PLOT
+
+
+def quality_plot_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / QUALITY_PLOT
+
+
+def tensorboard_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TENSORBOARD_DIR
+
+
+def grid_path(run_dir: str | Path, step: int | None = None) -> Path:
+    """The periodic sample grid of ``step`` (``samples/step_XXXXXXX.png``), or the final one (``step=None``)."""
+    name = FINAL_GRID if step is None else f"step_{step:07d}.png"
+    return Path(run_dir) / SAMPLES_DIR / name
+
+
+def periodic_grids(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the periodic sample grids of a run, in step order."""
+    found = []
+    for path in (Path(run_dir) / SAMPLES_DIR).glob("step_*.png"):
+        match = _GRID_NAME.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """The config of a run directory (its ``config.json``) or of a config file (ours or DDPM-CD's), with
+    ``section.key=value`` overrides (see :func:`diffsat.config.load_config`)."""
+    path = Path(path)
+    return load_config(config_path(path) if path.is_dir() else path, overrides)
+
+
+# --------------------------------------------------------------------------------------------- reading files
 
 
 def _existing_file(path: str | Path) -> Path:
@@ -125,7 +119,7 @@ def _existing_file(path: str | Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if not path.is_file():
-        raise CheckpointError(f"{path}: not a file (a run directory needs config.json and ema/model.safetensors)")
+        raise CheckpointError(f"{path}: not a file (a run directory needs {CONFIG_FILE} and {EMA_FILE} or {MODEL_FILE})")
     return path
 
 
@@ -170,25 +164,20 @@ def safe_torch_load(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def unwrap_state_dict(obj: Mapping[str, Any], source: str) -> StateDict:
-    """The tensors of a state dict, unwrapping ``{"state_dict": ...}`` / ``{"model": ...}``."""
-    for wrapper in WRAPPER_KEYS:
-        if isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
-    if bad is not None:
-        hint = ": this looks like DDPM-CD's *_opt.pth; pass the *_gen.pth beside it" if "optimizer" in obj else ""
-        raise CheckpointError(f"{source}: entry '{bad}' is a {type(obj[bad]).__name__}, not a tensor{hint}")
-    if not obj:
-        raise CheckpointError(f"{source}: the state dict is empty")
-    return dict(obj)
-
-
 def _is_safetensors(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def read_safetensors(path: Path) -> StateDict:
+    """All tensors of a ``.safetensors`` file; a missing or corrupt file is a one-line error."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: weights file not found (is this a diffsat run directory?)")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
 
 
 def read_checkpoint(path: str | Path) -> StateDict:
@@ -199,15 +188,11 @@ def read_checkpoint(path: str | Path) -> StateDict:
     path = _existing_file(path)
     if not _is_safetensors(path):
         return unwrap_state_dict(safe_torch_load(path), str(path))
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises several types for corrupt files
-        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    return read_safetensors(path)
 
 
-# ----------------------------------------------------------------------------------------------- model
+
+# ---------------------------------------------------------------------------- the one state-dict check
 
 
 Shape = tuple[int, ...] | None
@@ -281,6 +266,66 @@ def load_state_into(model: nn.Module, unet_state_dict: Mapping[str, torch.Tensor
     model.load_state_dict(unet_state_dict, strict=True)
 
 
+
+# ------------------------------------------------------------------------------------ checkpoints of a run
+
+
+def _weights_of(module: nn.Module) -> StateDict:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: dict[str, Any]) -> None:
+    """Write the weights of ``model`` and ``ema`` and the train ``state`` (a dict of tensors and numbers with
+    ``state["step"]``) into ``run_dir``, each file atomically; the weights carry the step in their metadata."""
+    run_dir = Path(run_dir)
+    meta = {"step": str(state["step"]), "format": WEIGHTS_FORMAT}
+    atomic_write(run_dir / MODEL_FILE, lambda p: save_file(_weights_of(model), p, metadata=meta))
+    atomic_write(run_dir / EMA_FILE, lambda p: save_file(_weights_of(ema), p, metadata=meta))
+    atomic_write(run_dir / STATE_FILE, lambda p: torch.save(state, p))
+
+
+def _weights_step(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {}).get("step", -1))
+
+
+def load_train_state(run_dir: str | Path) -> dict[str, Any]:
+    """The train state of the run's latest checkpoint (``weights_only``), after checking that both weight
+    files belong to the same step."""
+    run_dir = Path(run_dir)
+    path = run_dir / STATE_FILE
+    if not path.exists():
+        raise CheckpointError(f"{path}: no train state to resume from; start without --resume")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for name in (MODEL_FILE, EMA_FILE):
+        step = _weights_step(run_dir / name)
+        if step != state["step"]:
+            raise CheckpointError(
+                f"{run_dir / name}: holds step {step} but {STATE_FILE} holds step {state['step']} "
+                f"(interrupted save?): restore a consistent copy or start a new run"
+            )
+    return state
+
+
+def _weights_file(run_dir: Path, which: Weights, fallback: bool) -> Path:
+    """The file of the latest checkpoint's ``which`` weights (the trained weights when ``fallback`` and
+    the run has no EMA file)."""
+    names = {"ema": (EMA_FILE, MODEL_FILE) if fallback else (EMA_FILE,), "model": (MODEL_FILE,)}[which]
+    found = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{run_dir}: no {' or '.join(names)} in this run directory")
+    return found
+
+
+def load_weights_into(module: nn.Module, run_dir: str | Path, which: Weights) -> None:
+    """Copy the ``which`` weights of the run's latest checkpoint into ``module`` (keys and shapes checked)."""
+    path = _weights_file(Path(run_dir), which, fallback=False)
+    load_state_into(module, read_safetensors(path), str(path))
+
+
+# ------------------------------------------------------------------------------------------------ schedules
+
+
 def schedule_from_buffers(buffers: Mapping[str, torch.Tensor]) -> NoiseSchedule:
     """The schedule stored in a checkpoint: ``alphas_cumprod`` (T,) as float64 (else derived from ``betas``)."""
     if "alphas_cumprod" in buffers:
@@ -336,12 +381,32 @@ def compare_schedule(buffers: Mapping[str, torch.Tensor], diffusion: DiffusionCo
             f"{_describe(diffusion.schedule, ours)}{diff}; the checkpoint's schedule is used")
 
 
+
+# ------------------------------------------------------------------------------------------------ networks
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network loaded by :func:`load_model`.
+
+    ``network``: the :class:`~diffsat.models.unet.SR3UNet` in eval mode on the CPU; ``config``: our config of
+    it; ``schedule``: the noise schedule it was trained with (the file's own when it carries one);
+    ``weights``: which weights were loaded: ``"ema"`` or ``"model"`` of a run directory, or the path of a
+    foreign weights file.
+    """
+
+    network: nn.Module
+    config: Config
+    schedule: NoiseSchedule
+    weights: str
+
+
 def _resolve_config(config: Config | str | Path | None, source: Path) -> Config:
     if config is None:
         raise CheckpointError(
             f"{source}: a weights file carries no network description: pass --config CONFIG.json "
             f"(a diffsat config or the DDPM-CD/SR3 JSON the weights were trained with)")
-    return config if isinstance(config, Config) else load_config(config)
+    return config if isinstance(config, Config) else load_run_config(config)
 
 
 def _schedule(cfg: Config, buffers: Mapping[str, torch.Tensor], source: str) -> NoiseSchedule:
@@ -353,49 +418,39 @@ def _schedule(cfg: Config, buffers: Mapping[str, torch.Tensor], source: str) -> 
     return schedule_from_buffers(buffers)
 
 
-def _assemble(
-    cfg: Config, weights: Mapping[str, torch.Tensor], buffers: Mapping[str, torch.Tensor], source: str
-) -> nn.Module:
+def _network(cfg: Config, weights: Mapping[str, torch.Tensor], source: str) -> nn.Module:
     with torch.device("meta"):
         model = build_unet(cfg.model)
     load_state_into(model, weights, source)
-    model.eval()
-    model.diffsat_config = cfg
-    model.diffsat_schedule = _schedule(cfg, buffers, source)
-    return model
+    return model.eval()
 
 
-def _run_dir_parts(run_dir: Path, config: Config | str | Path | None, ema: bool) -> tuple[Config, Path, StateDict]:
-    cfg = _resolve_config(config if config is not None else run_dir / CONFIG_FILE, run_dir)
-    names = (EMA_FILE, MODEL_FILE) if ema else (MODEL_FILE,)
-    weights = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{run_dir}: no {' or '.join(names)} in this run directory")
-    schedule = run_dir / SCHEDULE_FILE
-    buffers = read_checkpoint(schedule) if schedule.is_file() else {}
-    return cfg, weights, buffers
-
-
-def load_model(checkpoint: str | Path, config: Config | str | Path | None = None, *, ema: bool = True) -> nn.Module:
+def load_model(checkpoint: str | Path, config: Config | str | Path | None = None, *, ema: bool = True) -> LoadedModel:
     """Load a diffsat run directory, a DDPM-CD/SR3 ``.pth``, or a bare ``.safetensors`` as our ``SR3UNet``.
 
-    ``checkpoint``: a run directory (``config.json`` + ``ema.safetensors``/``model.safetensors``; EMA unless
-    ``ema=False``) or a weights file, which needs ``config`` (a :class:`Config`, our JSON, or a DDPM-CD JSON).
-    Returns the network in eval mode with ``model.diffsat_config`` (our Config) and ``model.diffsat_schedule``
-    (from the file's buffers when present, else the config; a mismatch is warned about).
+    ``checkpoint``: a run directory (its latest checkpoint's EMA weights, or the trained weights when
+    ``ema=False`` or when it has no EMA file) or a weights file, which needs ``config`` (a :class:`Config`,
+    our JSON, a DDPM-CD JSON or a run directory). The schedule comes from the file's buffers when present
+    (a mismatch with the config is warned about), else from the config.
     """
     path = Path(checkpoint)
     if path.is_dir():
-        cfg, weights_path, buffers = _run_dir_parts(path, config, ema)
+        cfg = _resolve_config(config if config is not None else path, path)
+        weights_path = _weights_file(path, "ema" if ema else "model", fallback=True)
+        schedule_file = path / SCHEDULE_FILE
+        buffers = read_checkpoint(schedule_file) if schedule_file.is_file() else {}
         weights, _ = to_our_keys(read_checkpoint(weights_path))
-        return _assemble(cfg, weights, buffers, str(weights_path))
-    path = _existing_file(path)
-    cfg = _resolve_config(config, path)
-    weights, buffers = to_our_keys(read_checkpoint(path))
-    return _assemble(cfg, weights, buffers, str(path))
+        which = "ema" if weights_path.name == EMA_FILE else "model"
+        source = str(weights_path)
+    else:
+        path = _existing_file(path)
+        cfg = _resolve_config(config, path)
+        weights, buffers = to_our_keys(read_checkpoint(path))
+        which = source = str(path)
+    return LoadedModel(_network(cfg, weights, source), cfg, _schedule(cfg, buffers, source), which)
 
 
-# --------------------------------------------------------------------------------------------- convert
+# ------------------------------------------------------------------------------------------------- convert
 
 
 def _ordered_for_save(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> StateDict:
@@ -419,8 +474,6 @@ def convert_checkpoint(src: str | Path, config: Config | str | Path | None, out_
     when the file has buffers) and ``config.json`` (last, so its presence marks a complete directory). The source is
     memory-mapped and the tensors are written without cloning.
     """
-    from safetensors.torch import save_file
-
     src, out = _existing_file(src), Path(out_dir)
     cfg = _resolve_config(config, src)
     weights, buffers = to_our_keys(read_checkpoint(src))
