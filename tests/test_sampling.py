@@ -162,12 +162,17 @@ def test_x0_clip_reaches_the_denoiser(net, config, sampler: str) -> None:
     assert not torch.allclose(dynamic, static)
 
 
-def test_older_boolean_clip_and_the_training_loop_call_still_work() -> None:
-    assert SampleSettings(x0_clip=True).x0_clip == "static" and SampleSettings(x0_clip=False).x0_clip == "none"
+def test_the_training_loop_call_and_the_grid() -> None:
     s = SampleSettings(steps=10, bf16=False, device="cpu")  # as training/loop.py builds it
     assert (s.sampler, s.spacing, s.eta, s.x0_clip) == ("ancestral", None, 0.0, "static")
     assert s.sampler_options() == {}
-    assert SampleSettings("ddim", spacing="logsnr").sampler_options() == {"spacing": "logsnr", "eta": 0.0}
+    ddim = SampleSettings("ddim", steps=10, spacing="logsnr")
+    assert ddim.sampler_options() == {"eta": 0.0}
+    schedule = NoiseSchedule.named("linear", 100)
+    assert torch.equal(ddim.grid(schedule), respaced_alphas_cumprod(schedule, 10, "logsnr"))
+    assert torch.equal(SampleSettings("dpm++", steps=10).grid(schedule), respaced_alphas_cumprod(schedule, 10, "logsnr"))
+    with pytest.raises(SampleSettingsError, match="unknown x0 clip"):
+        SampleSettings(x0_clip=True)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
 """Generating images from a trained network: batching, per-sample seeds, chains, PNG output.
 
-The samplers in :mod:`diffsat.samplers` are pure functions over one batch; this module runs them over
-``n`` samples in batches with a progress bar that advances once per sampler step (one network evaluation),
+The samplers in :mod:`diffsat.samplers` are pure functions over one batch; this module builds their
+noise-level grid once and runs them over ``n`` samples in batches with a progress bar that advances once per sampler step (one network evaluation),
 so a large network shows progress long before its first image is done. Sample ``i`` of a call with ``seed``
-always uses the generator seeded ``seed + i`` for its starting noise and every later draw, so the images do
-not depend on ``batch_size``. Everything runs under ``torch.inference_mode``.
+always uses the generator seeded ``seed + i`` for its starting noise and every later draw (a
+:class:`~diffsat.samplers.common.StackedRandomGenerator` per batch), so the images do not depend on
+``batch_size``. Everything runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data.transforms import to_uint8_hwc
 from .diffusion.guidance import LabelError, guided_prediction, sample_labels
-from .diffusion.objective import DYNAMIC_QUANTILE, Denoiser, X0Clip, x0_clip_mode
-from .diffusion.schedules import NoiseSchedule
+from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
+from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
 from .fileio import atomic_write_text
 from .runtime import resolve_device
-from .samplers import SAMPLERS, SPACINGS
-from .samplers.common import Callback, StepInfo, make_generators, randn_per_sample
+from .samplers import SPACINGS, get_sampler
+from .samplers.common import Callback, StackedRandomGenerator, StepInfo
 
 
 class SampleSettingsError(DiffsatError):
@@ -39,19 +40,17 @@ class SampleSettings:
     """How to sample: which sampler, how many steps, its options, precision, batching and device.
 
     ``spacing``: which of the schedule's steps the sampler visits (:data:`SPACINGS`); ``None`` = the
-    sampler's own default (ancestral and ddim: uniform, dpm++ and dpm++sde: logsnr).
+    sampler's usual one (ancestral and ddim: uniform, dpm++ and dpm++sde: logsnr).
     ``eta``: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); any other sampler with a non-zero
     ``eta`` is an error.
     ``x0_clip``: how the denoiser's x0 estimate is kept in [-1, 1] at every step: ``static`` clamps it,
     ``dynamic`` is Imagen's dynamic thresholding with percentile ``x0_quantile``, ``none`` leaves it alone
-    (see :func:`diffsat.diffusion.objective.split_prediction`); the older booleans still work (True = static,
-    False = none). The final images are clamped to [-1, 1] in every case.
-    ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (on the 2-core
-    AVX512-BF16 machine of benchmarks/RESULTS.md, bf16 convolutions run at half the fp32 speed).
+    (see :func:`diffsat.diffusion.objective.split_prediction`). The final images are clamped to [-1, 1] in
+    every case.
+    ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (where bf16
+    convolutions were slower than fp32 in benchmarks/RESULTS.md).
     ``compile``: run the network through ``torch.compile`` (inductor, with weight freezing: the weights are
-    baked into the compiled graph, so compile a network only for sampling, not between training steps). On
-    the 2-core CPU of benchmarks/RESULTS.md the 391M network compiles for 1-2 minutes and then runs no
-    reliably faster than eager mode (-5% to +30% per step across runs); it may pay on GPUs or larger CPUs.
+    baked into the compiled graph, so compile a network only for sampling, not between training steps).
     ``guidance``: classifier-free guidance scale for a class-conditional model (see
     :mod:`diffsat.diffusion.guidance`); ``None`` = the model config's ``train.guidance``. A scale other than 1
     costs two network evaluations per step (one call on a doubled batch).
@@ -64,7 +63,7 @@ class SampleSettings:
     batch_size: int = 100
     bf16: bool | None = None
     channels_last: bool = True
-    x0_clip: bool | X0Clip = "static"
+    x0_clip: X0Clip = "static"
     device: str = "auto"
     compile: bool = False
     spacing: str | None = None
@@ -73,8 +72,10 @@ class SampleSettings:
     guidance: float | None = None
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise SampleSettingsError(f"unknown sampler '{self.sampler}': one of {', '.join(SAMPLERS)}")
+        try:
+            get_sampler(self.sampler)
+        except ValueError as err:
+            raise SampleSettingsError(str(err)) from None
         if self.steps < 1 or self.batch_size < 1:
             raise SampleSettingsError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -90,10 +91,8 @@ class SampleSettings:
             raise SampleSettingsError(f"guidance must be >= 0 (1 = the conditional model alone), got {self.guidance}")
         if not 0 < self.x0_quantile <= 1:
             raise SampleSettingsError(f"x0_quantile must be in (0, 1], got {self.x0_quantile}")
-        try:
-            self.x0_clip = x0_clip_mode(self.x0_clip)
-        except ValueError as err:
-            raise SampleSettingsError(str(err)) from None
+        if self.x0_clip not in X0_CLIPS:
+            raise SampleSettingsError(f"unknown x0 clip '{self.x0_clip}': one of {', '.join(X0_CLIPS)}")
 
     def for_model(self, config: Config) -> "SampleSettings":
         """These settings with ``guidance`` filled from ``config.train.guidance`` for a class-conditional
@@ -105,13 +104,14 @@ class SampleSettings:
     def use_bf16(self, device: torch.device) -> bool:
         return self.bf16 if self.bf16 is not None else device.type == "cuda"
 
+    def grid(self, schedule: NoiseSchedule) -> torch.Tensor:
+        """The noise-level grid the sampler visits: alpha_bar ``(steps + 1,)`` float64 of ``schedule`` at
+        ``spacing`` (or the sampler's usual spacing), ``[0] = 1``."""
+        return respaced_alphas_cumprod(schedule, self.steps, self.spacing or get_sampler(self.sampler).spacing)
+
     def sampler_options(self) -> dict[str, object]:
-        """Keyword arguments for the sampler function beyond the common signature: ``spacing`` (when set)
-        and, for DDIM, ``eta``."""
-        options: dict[str, object] = {} if self.spacing is None else {"spacing": self.spacing}
-        if self.sampler == "ddim":
-            options["eta"] = self.eta
-        return options
+        """Keyword arguments of the sampler beyond grid, noise and callback: ``eta`` for DDIM."""
+        return {"eta": self.eta} if self.sampler == "ddim" else {}
 
     def describe(self) -> str:
         """A short label, e.g. ``"ddim (eta 0.5), 20 steps, trailing spacing, dynamic x0"``; options left at
@@ -131,8 +131,7 @@ def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.de
     net = net.eval().to(device)
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    # Freezing lets inductor pre-pack the convolution weights; without it the compiled 391M network ran
-    # clearly slower than eager mode on the CPU (benchmarks/RESULTS.md).
+    # Freezing lets inductor pre-pack the convolution weights (benchmarks/RESULTS.md).
     return torch.compile(net, options={"freezing": True}) if settings.compile else net
 
 
@@ -200,7 +199,7 @@ def generate(
         )
     sample_classes, scale = class_labels(config, n, settings, labels)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
-    sample_fn, options = SAMPLERS[settings.sampler], settings.sampler_options()
+    sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)
     desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.describe()})"
     out = []
@@ -209,8 +208,8 @@ def generate(
         bar.set_postfix(images=f"0/{n}")
         for start in range(0, n, settings.batch_size):
             count = min(settings.batch_size, n - start)
-            generators = make_generators(seed, count, offset=start)
-            x = randn_per_sample(shape, generators, device)
+            noise = StackedRandomGenerator(seed, count, offset=start)
+            x = noise.randn(shape, device)
             if settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
@@ -218,8 +217,9 @@ def generate(
                 net, sample_classes[start : start + count], scale, config.model.num_classes)
             denoiser = Denoiser(prediction, config.diffusion.objective, settings.x0_clip, settings.use_bf16(device),
                                 settings.x0_quantile)
-            x0 = sample_fn(denoiser, x, schedule, settings.steps, generator=generators, callback=callback,
-                           **options)
+            if sampler.draws_noise:
+                options["noise"] = noise
+            x0 = sampler.sample(denoiser, x, grid, callback=callback, **options)
             out.append(x0.float().clamp(-1, 1).cpu().contiguous())
             bar.set_postfix(images=f"{start + count}/{n}")
     return torch.cat(out)  # outside inference mode: an ordinary tensor
@@ -252,9 +252,8 @@ def chain_frames(
 
         return callback
 
-    start_noise = randn_per_sample(
-        (config.model.in_channels, config.model.image_size, config.model.image_size), make_generators(seed, n)
-    )
+    start_noise = StackedRandomGenerator(seed, n).randn(
+        (config.model.in_channels, config.model.image_size, config.model.image_size))
     generate(net, config, n, seed, settings, labels=labels, schedule=schedule, callback_factory=factory,
              progress=progress)
     indices = sorted(wanted)

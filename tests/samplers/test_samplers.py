@@ -6,7 +6,7 @@ Two stand-in denoisers, no training:
   determinism, batch independence, callbacks and clipping;
 - ``GaussianNet``: the exact denoiser of 1-D Gaussian data N(MU, S^2) (a (B, 1, 1, 1) tensor is the data),
   ``E[x0 | x_t] = MU + alpha S^2 / (alpha^2 S^2 + sigma^2) (x_t - alpha MU)``, emitted as the eps, x0 or
-  v target so that it runs through ``Denoiser(net, objective, clip_x0=False)`` like a trained network.
+  v target so that it runs through ``Denoiser(net, objective, clip_x0="none")`` like a trained network.
   For Gaussian data the probability-flow ODE has a closed form: ``(x_t - alpha_t MU) / sqrt(alpha_t^2 S^2 +
   sigma_t^2)`` is constant along a trajectory, so x_T maps to ``MU + S (x_T - alpha_T MU) / sqrt(...)``.
 """
@@ -22,20 +22,35 @@ from torch import nn
 from diffsat.diffusion.objective import Denoiser, sigma_of
 from diffsat.diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from diffsat.samplers import SAMPLERS, SPACINGS, get_sampler
-from diffsat.samplers.common import Generators, StepInfo, make_generators, randn_per_sample
+from diffsat.samplers.common import StackedRandomGenerator, StepInfo
 
 MU, S = 0.3, 0.2
 SHAPE = (3, 4, 4)
-VARIANTS = {name: (fn, {}) for name, fn in SAMPLERS.items()} | {"ddim-eta1": (SAMPLERS["ddim"], {"eta": 1.0})}
+VARIANTS = {name: (s, {}) for name, s in SAMPLERS.items()} | {"ddim-eta1": (SAMPLERS["ddim"], {"eta": 1.0})}
 STOCHASTIC = {"ancestral", "ddim-eta1", "dpm++sde"}
 
 
+def make_generators(seed: int, n: int, offset: int = 0) -> StackedRandomGenerator:
+    return StackedRandomGenerator(seed, n, offset)
+
+
+def call(name: str, model: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, steps: int,
+         gens: StackedRandomGenerator, spacing: str | None = None, **kw: object) -> torch.Tensor:
+    """Sampler ``name`` over ``steps`` of ``schedule`` at ``spacing`` (default: the sampler's), with ``gens``
+    as its noise source when it draws noise; returns x0 like ``x``."""
+    sampler = SAMPLERS[name]
+    abar = respaced_alphas_cumprod(schedule, steps, spacing or sampler.spacing)
+    noise = {"noise": gens} if sampler.draws_noise else {}
+    return sampler.sample(model, x, abar, **noise, **kw)
+
+
 def run(
-    variant: str, model: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, steps: int, gens: Generators, **kw: object
+    variant: str, model: Denoiser, x: torch.Tensor, schedule: NoiseSchedule, steps: int, gens: StackedRandomGenerator,
+    **kw: object
 ) -> torch.Tensor:
     """Call a variant of :data:`VARIANTS` with its fixed keyword arguments; returns x0 like ``x``."""
-    fn, fixed = VARIANTS[variant]
-    return fn(model, x, schedule, steps, generator=gens, **fixed, **kw)
+    name = "ddim" if variant == "ddim-eta1" else variant
+    return call(name, model, x, schedule, steps, gens, **VARIANTS[variant][1], **kw)
 
 
 class StandIn(nn.Module):
@@ -95,13 +110,13 @@ def schedule() -> NoiseSchedule:
 
 @pytest.fixture(scope="module")
 def standin() -> Denoiser:
-    return Denoiser(StandIn(), "v", clip_x0=True)
+    return Denoiser(StandIn(), "v", clip_x0="static")
 
 
-def draw(seed: int, n: int, offset: int = 0) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """x_T and the per-sample generators, as ``diffsat.sampling.generate`` draws them."""
+def draw(seed: int, n: int, offset: int = 0) -> tuple[torch.Tensor, StackedRandomGenerator]:
+    """x_T and the per-sample noise source, as ``diffsat.sampling.generate`` draws them."""
     gens = make_generators(seed, n, offset)
-    return randn_per_sample(SHAPE, gens), gens
+    return gens.randn(SHAPE), gens
 
 
 # --- generic contract ------------------------------------------------------------------------------------
@@ -160,7 +175,7 @@ def test_clipped_x0_keeps_output_in_range(variant: str, clip: str, schedule: Noi
     x, gens = draw(3, 4)
     out = run(variant, loud, x, schedule, 8, gens)
     assert out.abs().max() <= 1.0
-    unclipped = run(variant, Denoiser(StandIn(scale=5.0), "eps", clip_x0=False), x, schedule, 8, draw(3, 4)[1])
+    unclipped = run(variant, Denoiser(StandIn(scale=5.0), "eps", clip_x0="none"), x, schedule, 8, draw(3, 4)[1])
     assert unclipped.abs().max() > 1.0  # the clip is what keeps it in range
 
 
@@ -173,9 +188,9 @@ def test_unknown_sampler_names_the_choices() -> None:
 def test_ddim_eta1_is_ancestral(schedule: NoiseSchedule, standin: Denoiser) -> None:
     """With eta = 1, DDIM's sigma is the DDPM posterior std and its mean the posterior mean (Song et al., sec. 4.1)."""
     x, gens = draw(7, 3)
-    ddpm = SAMPLERS["ancestral"](standin, x, schedule, 9, generator=gens)
+    ddpm = call("ancestral", standin, x, schedule, 9, gens)
     x, gens = draw(7, 3)
-    torch.testing.assert_close(SAMPLERS["ddim"](standin, x, schedule, 9, generator=gens, eta=1.0), ddpm)
+    torch.testing.assert_close(call("ddim", standin, x, schedule, 9, gens, eta=1.0), ddpm)
 
 
 class ConstantX0(nn.Module):
@@ -198,7 +213,7 @@ def test_sde_dpm_solver_first_order_is_the_ancestral_step(spacing: str, schedule
     states: dict[str, list[StepInfo]] = {"ancestral": [], "dpm++sde": []}
     for name, infos in states.items():
         x, gens = draw(4, 3)
-        SAMPLERS[name](ConstantX0(), x, schedule, 8, generator=gens, spacing=spacing, callback=infos.append)
+        call(name, ConstantX0(), x, schedule, 8, gens, spacing=spacing, callback=infos.append)
     for a, s in zip(states["ancestral"], states["dpm++sde"], strict=True):  # every state, x_0 included
         torch.testing.assert_close(s.x, a.x, atol=1e-5, rtol=1e-5)
 
@@ -211,8 +226,8 @@ def test_sde_dpm_solver_first_order_is_the_ancestral_step(spacing: str, schedule
 def test_objectives_agree_on_the_same_denoiser(variant: str, objective: str, schedule: NoiseSchedule) -> None:
     """The same exact denoiser emitted as eps, x0 or v gives the same samples (up to float32 rounding)."""
     x = normal_quantiles(64)
-    ref = run(variant, Denoiser(GaussianNet("eps"), "eps", clip_x0=False), x, schedule, 6, make_generators(0, 64))
-    model = Denoiser(GaussianNet(objective), objective, clip_x0=False)
+    ref = run(variant, Denoiser(GaussianNet("eps"), "eps", clip_x0="none"), x, schedule, 6, make_generators(0, 64))
+    model = Denoiser(GaussianNet(objective), objective, clip_x0="none")
     out = run(variant, model, x, schedule, 6, make_generators(0, 64))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
@@ -224,8 +239,8 @@ def test_ddim_with_every_step_solves_the_probability_flow_ode(timesteps: int) ->
     1.6e-2 (250), 4.5e-3 (1000), i.e. about 4.5 / T."""
     sch = NoiseSchedule.named("linear", timesteps, 1e-4 * 1000 / timesteps, 2e-2 * 1000 / timesteps)
     x = torch.linspace(-3, 3, 41).reshape(-1, 1, 1, 1)
-    model = Denoiser(GaussianNet("eps"), "eps", clip_x0=False)
-    out = SAMPLERS["ddim"](model, x, sch, timesteps, generator=make_generators(0, 41))
+    model = Denoiser(GaussianNet("eps"), "eps", clip_x0="none")
+    out = call("ddim", model, x, sch, timesteps, make_generators(0, 41))
     err = (out.double() - exact_ode(x, sch)).abs().max().item()
     assert err < 6.0 / timesteps
 
@@ -260,7 +275,7 @@ def test_gaussian_statistics_converge(variant: str, objective: str, schedule: No
     """Sample mean and std approach (MU, S) as steps grow. x_T are normal quantiles (no sampling noise at
     the start); the stochastic samplers use fewer samples (one generator each draws its own noise)."""
     n, mean_tol, std_tol, slack = TOLERANCE[variant]
-    model = Denoiser(GaussianNet(objective), objective, clip_x0=False)
+    model = Denoiser(GaussianNet(objective), objective, clip_x0="none")
     x, gens = normal_quantiles(n), make_generators(0, n)  # built once: 20,000 generators take ~0.2 s
     std_errors = []
     for steps in STEP_COUNTS:
@@ -273,12 +288,12 @@ def test_gaussian_statistics_converge(variant: str, objective: str, schedule: No
 
 def test_dpm_solver_beats_ddim_at_equal_steps(schedule: NoiseSchedule) -> None:
     """Per-sample error against the exact ODE map at 20 steps (defaults): dpm++ 1.1e-2, ddim 2.4e-1."""
-    model = Denoiser(GaussianNet("eps"), "eps", clip_x0=False)
+    model = Denoiser(GaussianNet("eps"), "eps", clip_x0="none")
     x = normal_quantiles(1000)
     exact = exact_ode(x, schedule)
     gens = make_generators(0, 1000)
     errors = {
-        name: (SAMPLERS[name](model, x, schedule, 20, generator=gens).double() - exact).abs().max().item()
+        name: (call(name, model, x, schedule, 20, gens).double() - exact).abs().max().item()
         for name in ("ddim", "dpm++")
     }
     assert errors["dpm++"] < 0.02 and errors["dpm++"] < errors["ddim"] / 10, errors
@@ -287,10 +302,10 @@ def test_dpm_solver_beats_ddim_at_equal_steps(schedule: NoiseSchedule) -> None:
 def test_sde_dpm_solver_beats_ancestral_at_equal_steps(schedule: NoiseSchedule) -> None:
     """The 2M correction on top of the ancestral step: at 10 log-SNR steps the Gaussian data's std comes out
     -0.0033 off with dpm++sde against -0.073 with ancestral sampling (:data:`GRID_STD_ERROR`)."""
-    model = Denoiser(GaussianNet("eps"), "eps", clip_x0=False)
+    model = Denoiser(GaussianNet("eps"), "eps", clip_x0="none")
     x = normal_quantiles(GRID_SAMPLES)
-    error = {name: abs(SAMPLERS[name](model, x, schedule, 10, generator=make_generators(0, GRID_SAMPLES),
-                                      spacing="logsnr").double().std().item() - S)
+    error = {name: abs(call(name, model, x, schedule, 10, make_generators(0, GRID_SAMPLES),
+                            spacing="logsnr").double().std().item() - S)
              for name in ("ancestral", "dpm++sde")}
     assert error["dpm++sde"] < 0.01 and error["dpm++sde"] < error["ancestral"] / 5, error
 
@@ -326,13 +341,13 @@ def test_every_sampler_objective_and_spacing(variant: str, objective: str, spaci
     n = GRID_SAMPLES
     x = normal_quantiles(n)
     infos: list[StepInfo] = []
-    model = Denoiser(GaussianNet(objective), objective, clip_x0=False)
+    model = Denoiser(GaussianNet(objective), objective, clip_x0="none")
     out = run(variant, model, x, schedule, GRID_STEPS, make_generators(0, n), spacing=spacing,
               callback=infos.append)
     visited = respaced_alphas_cumprod(schedule, GRID_STEPS, spacing)[1:].sqrt().flip(0).tolist()
     assert [i.level for i in infos] == pytest.approx(visited, rel=1e-12)
     if objective != "eps":
-        ref = run(variant, Denoiser(GaussianNet("eps"), "eps", clip_x0=False), x, schedule, GRID_STEPS,
+        ref = run(variant, Denoiser(GaussianNet("eps"), "eps", clip_x0="none"), x, schedule, GRID_STEPS,
                   make_generators(0, n), spacing=spacing)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     out = out.double()
@@ -345,7 +360,7 @@ def test_every_sampler_objective_and_spacing(variant: str, objective: str, spaci
 def test_spacings_denser_near_the_data_beat_uniform_at_few_steps(variant: str, schedule: NoiseSchedule) -> None:
     """At 10 steps quadratic and logsnr spacing reproduce the data's spread better than uniform (the
     numbers of :data:`GRID_STD_ERROR`, recomputed here)."""
-    x, model = normal_quantiles(GRID_SAMPLES), Denoiser(GaussianNet("eps"), "eps", clip_x0=False)
+    x, model = normal_quantiles(GRID_SAMPLES), Denoiser(GaussianNet("eps"), "eps", clip_x0="none")
     error = {sp: abs(run(variant, model, x, schedule, GRID_STEPS, make_generators(0, GRID_SAMPLES),
                          spacing=sp).double().std().item() - S) for sp in ("uniform", "quadratic", "logsnr")}
     assert error["quadratic"] < error["uniform"] / 1.5 and error["logsnr"] < error["uniform"] / 1.4, error

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from .schedules import NoiseSchedule
 if TYPE_CHECKING:
     from ..config import DiffusionConfig
 
-Objective = str  # "eps" | "x0" | "v"
+Objective = Literal["eps", "x0", "v"]
 
 
 def _bc(level: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -53,18 +53,15 @@ X0_CLIPS = ("static", "dynamic", "none")
 """How a sampler's x0 estimate is kept in the data range [-1, 1] (``X0Clip``): ``static`` clamps it,
 ``dynamic`` is Imagen's dynamic thresholding (:func:`dynamic_threshold`), ``none`` leaves it alone."""
 
-X0Clip = str  # one of X0_CLIPS
+X0Clip = Literal["static", "dynamic", "none"]
 
 DYNAMIC_QUANTILE = 0.995
 """The default percentile p of |x0| for dynamic thresholding (diffusers' ``dynamic_thresholding_ratio``
 default; Saharia et al. 2022 leave p as a hyperparameter)."""
 
 
-def x0_clip_mode(clip: bool | X0Clip) -> X0Clip:
-    """The x0 handling named by ``clip``: a name of :data:`X0_CLIPS`, or the older boolean (True = static,
-    False = none). ``ValueError`` naming the choices otherwise."""
-    if isinstance(clip, bool):
-        return "static" if clip else "none"
+def x0_clip_mode(clip: X0Clip) -> X0Clip:
+    """``clip`` when it names one of :data:`X0_CLIPS`; ``ValueError`` naming the choices otherwise."""
     if clip not in X0_CLIPS:
         raise ValueError(f"unknown x0 clip '{clip}': one of {', '.join(X0_CLIPS)}")
     return clip
@@ -98,12 +95,12 @@ def split_prediction(
     pred: torch.Tensor,
     x_t: torch.Tensor,
     level: torch.Tensor,
-    clip_x0: bool | X0Clip = False,
+    clip_x0: X0Clip = "none",
     quantile: float = DYNAMIC_QUANTILE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a network output into ``(x0_hat, eps_hat)``.
 
-    ``clip_x0`` (see :data:`X0_CLIPS`; True = ``"static"``, False = ``"none"``): ``static`` clamps the x0
+    ``clip_x0`` (see :data:`X0_CLIPS`): ``static`` clamps the x0
     estimate to [-1, 1], ``dynamic`` applies :func:`dynamic_threshold` with percentile ``quantile``; in both
     cases eps is recomputed from the new x0 (``eps = (x_t - alpha x0) / sigma``) so the pair stays
     consistent with ``x_t``.
@@ -134,14 +131,14 @@ class Denoiser:
     """A trained network seen by samplers: ``denoiser(x_t, level) -> (x0_hat, eps_hat)``.
 
     Wraps the raw U-Net output according to ``objective``, keeps x0 in range as ``clip_x0`` says (a name
-    of :data:`X0_CLIPS` or a boolean, see :func:`split_prediction`; ``quantile`` is the dynamic
+    of :data:`X0_CLIPS`, see :func:`split_prediction`; ``quantile`` is the dynamic
     percentile), runs the network under bf16 autocast when asked, and returns float32 tensors of the
     input's shape.
     """
 
     net: nn.Module
     objective: Objective = "eps"
-    clip_x0: bool | X0Clip = True
+    clip_x0: X0Clip = "static"
     autocast_bf16: bool = False
     quantile: float = DYNAMIC_QUANTILE
 

@@ -1,36 +1,48 @@
-"""Samplers: functions ``sample(model, x, schedule, steps, *, generator, callback=None, spacing=...) -> x0``.
+"""Samplers: functions ``sample(model, x, abar, *, noise, callback=None) -> x0`` over a noise-level grid.
 
 - ``ancestral``: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), stochastic;
 - ``ddim``: DDIM (Song et al. 2021, eq. 12), deterministic at the default ``eta = 0``;
-- ``dpm++``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic, log-SNR spacing by default;
+- ``dpm++``: DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic (no ``noise`` argument);
 - ``dpm++sde``: SDE-DPM-Solver++(2M) (the same solver for the reverse SDE): ancestral sampling with the 2M
-  second-order correction, stochastic, log-SNR spacing by default.
+  second-order correction, stochastic.
 
-Every sampler takes ``spacing`` (one of :data:`SPACINGS`); DDIM also takes ``eta``. How x0 is clipped is
+The caller builds the grid once (:func:`diffsat.diffusion.schedules.respaced_alphas_cumprod` with a spacing
+of :data:`SPACINGS`; each sampler's usual one is :attr:`Sampler.spacing`) and the per-sample noise source
+(:class:`~diffsat.samplers.common.StackedRandomGenerator`). DDIM also takes ``eta``. How x0 is clipped is
 the denoiser's business (:class:`~diffsat.diffusion.objective.Denoiser`), not the sampler's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..diffusion import schedules
 from . import ancestral, ddim, dpm_solver
 
-SAMPLERS: dict[str, Callable] = {
-    "ancestral": ancestral.sample,
-    "ddim": ddim.sample,
-    "dpm++": dpm_solver.sample,
-    "dpm++sde": dpm_solver.sample_sde,
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its function, its default spacing, and whether it takes a ``noise`` source."""
+
+    sample: Callable
+    spacing: str
+    draws_noise: bool
+
+
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(ancestral.sample, "uniform", True),
+    "ddim": Sampler(ddim.sample, "uniform", True),
+    "dpm++": Sampler(dpm_solver.sample, "logsnr", False),
+    "dpm++sde": Sampler(dpm_solver.sample_sde, "logsnr", True),
 }
 
 SPACINGS: tuple[str, ...] = (*schedules.SPACINGS, *schedules.SCHEDULE_SPACINGS)
-"""Every timestep spacing a sampler's ``spacing`` accepts: uniform, quadratic, trailing, logsnr."""
+"""Every timestep spacing of a grid: uniform, quadratic, trailing, logsnr."""
 
 
-def get_sampler(name: str) -> Callable:
-    """The sampling function registered as ``name`` in :data:`SAMPLERS`; ``ValueError`` naming the
-    choices otherwise."""
+def get_sampler(name: str) -> Sampler:
+    """The sampler registered as ``name`` in :data:`SAMPLERS`; ``ValueError`` naming the choices otherwise."""
     try:
         return SAMPLERS[name]
     except KeyError:

@@ -1,6 +1,6 @@
-"""DDIM sampling over any number of respaced steps (Song et al. 2021, "Denoising Diffusion Implicit Models").
+"""DDIM sampling over any noise-level grid (Song et al. 2021, "Denoising Diffusion Implicit Models").
 
-For consecutive respaced steps with ``ab_t`` and ``ab_s`` (s before t) the update is eq. 12:
+For consecutive grid levels with ``ab_t`` and ``ab_s`` (s before t) the update is eq. 12:
 ``x_s = sqrt(ab_s) x0_hat + sqrt(1 - ab_s - sigma^2) eps_hat + sigma z`` with eq. 16's
 ``sigma = eta sqrt((1 - ab_s) / (1 - ab_t)) sqrt(1 - ab_t / ab_s)``. ``eta = 0`` is deterministic (a
 first-order solver of the probability-flow ODE); ``eta = 1`` is the ancestral DDPM step.
@@ -8,12 +8,9 @@ first-order solver of the probability-flow ODE); ``eta = 1`` is the ancestral DD
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from ..diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
-from .common import Callback, Generators, StepInfo, randn_per_sample
+from .common import Callback, Denoise, StackedRandomGenerator, StepInfo, steps_of
 
 
 def ddim_step(
@@ -31,31 +28,29 @@ def ddim_step(
 
 @torch.inference_mode()
 def sample(
-    model: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    model: Denoise,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
-    steps: int,
+    abar: torch.Tensor,
     *,
-    generator: Generators,
+    noise: StackedRandomGenerator | None = None,
     callback: Callback | None = None,
-    spacing: str = "uniform",
     eta: float = 0.0,
 ) -> torch.Tensor:
-    """Run ``steps`` DDIM steps from ``x`` = x_T ((B, C, H, W), standard normal) to x_0 (the last step
-    lands on ``ab_0 = 1`` and returns ``x0_hat``; in [-1, 1] when the denoiser clips).
+    """Run one DDIM step per grid interval from ``x`` = x_T ((B, C, H, W), standard normal) to x_0 (the last
+    step lands on ``ab_0 = 1`` and returns ``x0_hat``; in [-1, 1] when the denoiser clips).
 
-    ``model(x_t, level) -> (x0_hat, eps_hat)`` (a :class:`~diffsat.diffusion.objective.Denoiser`);
-    ``generator`` holds one generator per sample, drawn from only when ``eta > 0``; ``eta`` >= 0 scales
-    the injected noise (0: deterministic DDIM, 1: DDPM).
+    ``abar``: the noise-level grid ``(K + 1,)`` (see :mod:`diffsat.samplers.common`); ``eta`` >= 0 scales
+    the injected noise (0: deterministic DDIM, 1: DDPM); ``noise``: the per-sample source of that noise,
+    needed only when ``eta > 0``.
     """
-    abar = respaced_alphas_cumprod(schedule, steps, spacing)
-    for i in range(steps, 0, -1):
-        ab_t, ab_s = float(abar[i]), float(abar[i - 1])
+    if eta > 0 and noise is None:
+        raise ValueError("DDIM with eta > 0 draws noise: pass a noise source")
+    total = len(abar) - 1
+    for i, ab_t, ab_s in steps_of(abar):
         level = torch.full((x.shape[0],), ab_t**0.5, device=x.device)
         x0_hat, eps_hat = model(x, level)
-        noisy = eta > 0 and i > 1
-        noise = randn_per_sample(x.shape[1:], generator, x.device) if noisy else None
-        x = ddim_step(x0_hat, eps_hat, ab_t, ab_s, eta, noise)
+        z = noise.randn_like(x) if eta > 0 and i > 1 else None
+        x = ddim_step(x0_hat, eps_hat, ab_t, ab_s, eta, z)
         if callback is not None:
-            callback(StepInfo(steps - i + 1, steps, x, x0_hat, ab_t**0.5))
+            callback(StepInfo(total - i + 1, total, x, x0_hat, ab_t**0.5))
     return x

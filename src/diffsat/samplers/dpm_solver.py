@@ -31,10 +31,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
-from .common import Callback, Generators, StepInfo, randn_per_sample
+from .common import Callback, Denoise, StackedRandomGenerator, StepInfo, steps_of
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 Step = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
 
 
@@ -67,10 +65,9 @@ def solve_multistep(
 ) -> torch.Tensor:
     """The 2M loop shared by both solvers: one network call per level of ``abar`` (``abar[K] -> abar[0] =
     1``), the multistep data extrapolation, ``step(x, D, ab_t, ab_s)`` in between, ``x0_hat`` at the end."""
-    steps = len(abar) - 1
+    total = len(abar) - 1
     x0_prev, h_prev = None, 0.0
-    for i in range(steps, 0, -1):
-        ab_t, ab_s = float(abar[i]), float(abar[i - 1])
+    for i, ab_t, ab_s in steps_of(abar):
         level = torch.full((x.shape[0],), ab_t**0.5, device=x.device)
         x0_hat, _ = model(x, level)
         if i == 1:  # ab_s = 1: lambda_s = +inf, the (first-order) step returns the data prediction
@@ -84,7 +81,7 @@ def solve_multistep(
             x = step(x, data, ab_t, ab_s)
             x0_prev, h_prev = x0_hat, h
         if callback is not None:
-            callback(StepInfo(steps - i + 1, steps, x, x0_hat, ab_t**0.5))
+            callback(StepInfo(total - i + 1, total, x, x0_hat, ab_t**0.5))
     return x
 
 
@@ -92,41 +89,35 @@ def solve_multistep(
 def sample(
     model: Denoise,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
-    steps: int,
+    abar: torch.Tensor,
     *,
-    generator: Generators,
     callback: Callback | None = None,
-    spacing: str = "logsnr",
 ) -> torch.Tensor:
-    """Run ``steps`` DPM-Solver++(2M) steps (one network call each) from ``x`` = x_T ((B, C, H, W), standard
-    normal) to x_0 (the final step returns ``x0_hat``; in [-1, 1] when the denoiser clips).
+    """Run one DPM-Solver++(2M) step per grid interval (one network call each) from ``x`` = x_T ((B, C, H, W),
+    standard normal) to x_0 (the final step returns ``x0_hat``; in [-1, 1] when the denoiser clips).
 
-    ``model(x_t, level) -> (x0_hat, eps_hat)`` (a :class:`~diffsat.diffusion.objective.Denoiser`). The
-    solver is deterministic: ``generator`` is accepted for a common sampler signature but never drawn
-    from. ``spacing`` defaults to ``"logsnr"`` (uniform steps in lambda, as in the paper).
+    ``abar``: the noise-level grid ``(K + 1,)`` (see :mod:`diffsat.samplers.common`; the paper's grid is
+    uniform in lambda, diffsat's ``logsnr`` spacing). Deterministic: it draws no noise.
     """
-    return solve_multistep(model, x, respaced_alphas_cumprod(schedule, steps, spacing), dpm_step, callback)
+    return solve_multistep(model, x, abar, dpm_step, callback)
 
 
 @torch.inference_mode()
 def sample_sde(
     model: Denoise,
     x: torch.Tensor,
-    schedule: NoiseSchedule,
-    steps: int,
+    abar: torch.Tensor,
     *,
-    generator: Generators,
+    noise: StackedRandomGenerator,
     callback: Callback | None = None,
-    spacing: str = "logsnr",
 ) -> torch.Tensor:
-    """Run ``steps`` SDE-DPM-Solver++(2M) steps (one network call each) from ``x`` = x_T ((B, C, H, W),
-    standard normal) to x_0, as :func:`sample` but stochastic: ``generator`` holds one generator per sample,
-    drawn once per step except the last, in the same order as the ancestral sampler (so that for a
-    denoiser whose x0_hat never changes the two samplers agree exactly).
+    """Run one SDE-DPM-Solver++(2M) step per grid interval (one network call each) from ``x`` = x_T
+    ((B, C, H, W), standard normal) to x_0, as :func:`sample` but stochastic: ``noise`` is drawn once per step
+    except the last, in the same order as the ancestral sampler (so that for a denoiser whose x0_hat never
+    changes the two samplers agree exactly).
     """
 
     def noisy_step(x: torch.Tensor, data: torch.Tensor, ab_t: float, ab_s: float) -> torch.Tensor:
-        return sde_dpm_step(x, data, ab_t, ab_s, randn_per_sample(x.shape[1:], generator, x.device))
+        return sde_dpm_step(x, data, ab_t, ab_s, noise.randn_like(x))
 
-    return solve_multistep(model, x, respaced_alphas_cumprod(schedule, steps, spacing), noisy_step, callback)
+    return solve_multistep(model, x, abar, noisy_step, callback)
