@@ -34,7 +34,8 @@ from diffsat.evaluation import (
     load_samples,
 )
 from diffsat.rundir import load_model
-from diffsat.sampling import SampleSettings, generate, save_pngs
+from diffsat.sample_folder import save_pngs
+from diffsat.sampling import SampleSettings, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN: dict[str, tuple[int, ...]] = {

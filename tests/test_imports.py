@@ -84,7 +84,8 @@ def test_relative_imports_resolve() -> None:
     modules = package_modules()
     graph = import_graph()
     assert "diffsat.samplers.ancestral" in graph["diffsat.samplers"]  # from . import ancestral
-    assert "diffsat.diffusion.schedules" in graph["diffsat.samplers.ancestral"]  # from ..diffusion.schedules
+    assert "diffsat.diffusion.schedules" in graph["diffsat.samplers"]  # from ..diffusion import schedules
+    assert "diffsat.samplers.common" in graph["diffsat.samplers.ancestral"]  # from .common import ...
     assert len(modules) > 40
 
 

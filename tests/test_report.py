@@ -13,7 +13,7 @@ from conftest import tiny_config, train_tiny_run
 from PIL import Image
 
 from diffsat.cli import main
-from diffsat.evaluation.compare import Evaluation, Metric
+from diffsat.evaluation.suite import Evaluation, Metric
 from diffsat.report import fmt, sample_grids, write_report
 from diffsat.training.metrics import MetricsLog
 

@@ -132,7 +132,7 @@ class TrainConfig(_Section):
     channels_last: bool = False
     compile: bool = False
     """Run the training forward pass through ``torch.compile`` (inductor; needs a C++ compiler on the CPU).
-    Opt-in: on the 2-core CPU it was slower than eager mode (benchmarks/RESULTS.md)."""
+    Opt-in: whether it pays depends on the machine (benchmarks/RESULTS.md)."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     threads: int | None = Field(None, ge=1)

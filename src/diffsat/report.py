@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import mimetypes
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DiffsatError
+from .evaluation.results import METRIC_HEADER, fmt, metric_cells
 from .fileio import atomic_write_text
 from .plots import plot_training
 from .rundir import (
@@ -60,17 +60,6 @@ class ReportError(DiffsatError):
 def esc(value: Any) -> str:
     """``value`` as text safe inside HTML elements and attribute values."""
     return html.escape(str(value), quote=True)
-
-
-def fmt(value: Any) -> str:
-    """A number as short text: integers whole, others to 4 significant digits; ``None`` / NaN as ``n/a``."""
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        return "n/a" if value is None else str(value)
-    if not math.isfinite(value):
-        return "n/a" if math.isnan(value) else str(value)
-    if float(value).is_integer() and abs(value) < 1e9:
-        return str(int(value))
-    return f"{value:.4g}"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[bool] = ()) -> str:
@@ -226,12 +215,7 @@ def _metric_rows(path: Path, metrics: Any) -> list[tuple[str, ...]]:
     for key, m in metrics.items():
         if not isinstance(m, dict):
             raise ReportError(f"{path}: metric '{key}' is not a table row; give a JSON written by `diffsat evaluate --out`")
-        value, base = fmt(m.get("value")), fmt(m.get("baseline"))
-        if m.get("error") is not None:
-            value += f" ± {fmt(m['error'])}"
-        if m.get("baseline_error") is not None:
-            base += f" ± {fmt(m['baseline_error'])}"
-        rows.append((m.get("label", key), value, base, m.get("better", "")))
+        rows.append(metric_cells(key, m))
     return rows
 
 
@@ -251,7 +235,7 @@ def evaluation_section(path: Path) -> str:
     rows = _metric_rows(path, data.get("metrics") if isinstance(data, dict) else None)
     lines = _sets_lines(data.get("sets"))
     head = f"<h3>{esc(path.name)}</h3>" + "".join(f'<p class="note">{esc(line)}</p>' for line in lines)
-    return head + table(("metric", "samples", "real baseline", "better"), rows, (False, True, True, False))
+    return head + table(METRIC_HEADER, rows, (False, True, True, False))
 
 
 # ---- the document -----------------------------------------------------------------------------------

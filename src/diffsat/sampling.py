@@ -1,4 +1,4 @@
-"""Generating images from a trained network: batching, per-sample seeds, chains, PNG output.
+"""Generating images from a trained network: batching, per-sample seeds, chains.
 
 The samplers in :mod:`diffsat.samplers` are pure functions over one batch; this module builds their
 noise-level grid once and runs them over ``n`` samples in batches with a progress bar that advances once per sampler step (one network evaluation),
@@ -12,20 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from .config import Config
-from .data.transforms import to_uint8_hwc
 from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
-from .fileio import atomic_write_text
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
@@ -259,45 +254,3 @@ def chain_frames(
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
     return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]
-
-
-def write_labels(labels: torch.Tensor, path: Path, prefix: str = "sample") -> Path:
-    """``labels.txt`` beside the PNGs: one ``prefix_00000.png <label>`` line per sample."""
-    lines = [f"{prefix}_{i:05d}.png {int(label)}" for i, label in enumerate(labels)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
-
-
-def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = "sample", start: int = 0) -> list[Path]:
-    """Write (N, C, H, W) images in [-1, 1] as ``prefix_00000.png`` ...; returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(to_uint8_hwc(images)):
-        path = out_dir / f"{prefix}_{start + i:05d}.png"
-        Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).save(path)
-        paths.append(path)
-    return paths
-
-
-def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (rows*H, nrow*W, C) with white gutters."""
-    arr = to_uint8_hwc(images)  # (N, H, W, C)
-    n, h, w, c = arr.shape
-    rows = (n + nrow - 1) // nrow
-    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, nrow)
-        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = arr[i]
-    return grid
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Save a square-ish grid of images; ``scale`` enlarges small images (nearest) for viewing."""
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    grid = image_grid(images, nrow)
-    img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
 from pathlib import Path
 
@@ -70,26 +68,11 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ classifier
 
 
-def _mnist_idx_root(path: Path | None) -> Path:
-    """The folder with the full MNIST idx files: ``path``, else the default MNIST source when it is idx files."""
-    from ..data.mnist import resolve_mnist_source
-    from ..evaluation import ClassifierError
-
-    source = resolve_mnist_source(path)
-    if source.kind != "idx":
-        found = "the bundled 5,000-digit subset" if source.kind == "bundled" else f"MNIST PNG folders in {source.root}"
-        raise ClassifierError(
-            f"the digit classifier trains on the full MNIST idx files (60,000 train + 10,000 test digits), but only "
-            f"{found} was found: pass --mnist PATH to a folder with train-images-idx3-ubyte.gz, "
-            "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz (or set $DIFFSAT_DATA)"
-        )
-    return source.root
-
-
 def _train_classifier(args: argparse.Namespace) -> int:
     from ..evaluation import default_classifier_path, train_classifier
+    from ..evaluation.results import classifier_training_root
 
-    root = _mnist_idx_root(args.mnist)
+    root = classifier_training_root(args.mnist)
     out = args.classifier or default_classifier_path()
     print(f"training the digit classifier on {root} ({args.epochs} epochs, seed {args.seed}) ...")
     start = time.perf_counter()
@@ -102,108 +85,30 @@ def _train_classifier(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def _load_real_sets(args: argparse.Namespace, channels: int, size: int):
-    """(reference, train set or None) at the samples' ``channels`` and ``size``."""
-    from ..evaluation.image_sets import load_real
-
-    reference = load_real(args.reference, channels, size, args.reference_split, args.reference_limit, "--reference")
-    train = None
-    if args.train_set is not None:
-        train = load_real(args.train_set, channels, size, args.train_split, args.train_limit, "--train-set",
-                          training=True)
-    return reference, train
-
-
-def _extractors(args: argparse.Namespace, kind: str) -> tuple[object, object, dict]:
-    """(classifier or None, inception or None, their description for the report)."""
-    from ..evaluation import default_classifier_path, load_classifier
-    from ..evaluation.classifier import classifier_metadata
-    from ..evaluation.inception import load_inception
-
-    info: dict = {}
-    classifier = inception = None
-    if kind == "digits":
-        classifier = load_classifier(args.classifier)
-        path = args.classifier or default_classifier_path()
-        meta = classifier_metadata(path)
-        info["classifier"] = {"path": str(path), "test_accuracy": float(meta.get("test_accuracy", "nan")),
-                              "train_images_sha256": meta.get("train_images_sha256")}
-    if args.inception is not None:
-        inception = load_inception(args.inception)
-        info["inception"] = {"path": str(args.inception)}
-    return classifier, inception, info
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..evaluation.compare import EvalSettings, evaluate, resolve_kind
-    from ..evaluation.image_sets import load_samples
+    from ..evaluation.suite import EvalSettings, evaluate, resolve_kind
+    from ..evaluation.image_sets import load_real, load_samples
+    from ..evaluation.results import format_report, load_extractors, result_record, write_result
 
     samples = load_samples(args.samples, args.samples_limit, args.samples_split)
     kind = resolve_kind(args.kind, samples.channels)
-    classifier, inception, info = _extractors(args, kind)  # before the real sets: a missing file fails fast
-    reference, train = _load_real_sets(args, samples.channels, samples.size)
+    classifier, inception, info = load_extractors(kind, args.classifier, args.inception)  # fail fast: before the real sets
+    reference = load_real(args.reference, samples.channels, samples.size, args.reference_split,
+                          args.reference_limit, "--reference")
+    train = None if args.train_set is None else load_real(
+        args.train_set, samples.channels, samples.size, args.train_split, args.train_limit, "--train-set",
+        training=True)
     settings = EvalSettings(kind=kind, seed=args.seed, kid_subsets=args.kid_subsets, progress=not args.no_progress)
     start = time.perf_counter()
     result = evaluate(samples, reference, train, classifier=classifier, inception=inception, settings=settings)
-    report = {**result.to_dict(), "extractors": info, "seconds": round(time.perf_counter() - start, 1)}
+    record = result_record(result, info, time.perf_counter() - start)
     print(format_report(result, info))
-    figure = _save_pairs_figure(args, samples, train, result.details)
-    if figure is not None:
-        print(f"closest sample/training pairs -> {figure}")
+    if train is not None and (args.pairs_figure is not None or args.out is not None):
+        from ..evaluation import save_closest_pairs_figure
+
+        path = args.pairs_figure or args.out.with_name(f"{args.out.stem}_closest_pairs.png")
+        pairs = result.details["memorisation"]["samples"]["closest_pairs"]
+        print(f"closest sample/training pairs -> {save_closest_pairs_figure(samples.images, train.images, pairs, path)}")
     if args.out is not None:
-        from ..fileio import atomic_write_text
-
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-        print(f"metrics -> {args.out}")
+        print(f"metrics -> {write_result(args.out, record)}")
     return 0
-
-
-def _save_pairs_figure(args: argparse.Namespace, samples, train, details: dict) -> Path | None:
-    """The closest sample/training pairs figure (with a train set, at --pairs-figure or beside --out)."""
-    from ..evaluation import save_closest_pairs_figure
-
-    if train is None or (args.pairs_figure is None and args.out is None):
-        return None
-    path = args.pairs_figure or args.out.with_name(f"{args.out.stem}_closest_pairs.png")
-    pairs = details["memorisation"]["samples"]["closest_pairs"]
-    return save_closest_pairs_figure(samples.images, train.images, pairs, path)
-
-
-def _number(value: float, error: float | None = None) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "-"
-    if isinstance(value, int) or (math.isfinite(value) and float(value).is_integer() and abs(value) < 1e6):
-        text = str(int(value))
-    else:
-        text = f"{value:.4g}" if math.isfinite(value) else str(value)
-    return f"{text} ± {error:.2g}" if error is not None else text
-
-
-def format_report(result, extractors: dict | None = None) -> str:
-    """The printed table of an :class:`~diffsat.evaluation.compare.Evaluation`: the compared sets, then one row
-    per metric (samples, real baseline, how to read it)."""
-    sets, ref = result.sets, result.sets["reference"]
-    lines = [
-        f"samples:   {sets['samples']['source']}",
-        f"reference: {ref['source']}: {ref['n_evaluation']} for evaluation, {ref['n_baseline']} as the real baseline",
-    ]
-    if sets.get("train"):
-        lines.append(f"train set: {sets['train']['source']}")
-    if extractors and "classifier" in extractors:
-        c = extractors["classifier"]
-        lines.append(f"classifier: {c['path']} (MNIST test accuracy {100 * c['test_accuracy']:.2f} %)")
-    rows = [("metric", "samples", "real baseline", "better")]
-    rows += [(m.label, _number(m.value, m.error), _number(m.baseline, m.baseline_error), m.better)
-             for m in result.metrics]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    lines.append("")
-    for i, r in enumerate(rows):
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}")
-        if i == 0:
-            lines.append("-" * (sum(widths) + 6))
-    if any(m.error is not None for m in result.metrics):
-        st = result.settings
-        lines.append(f"KID: mean ± standard deviation over {st.kid_subsets} random subsets of up to "
-                     f"{st.kid_subset_size} images per set")
-    return "\n".join(lines)

@@ -44,9 +44,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="bf16 autocast; auto = bf16 on CUDA, fp32 on CPU (faster there, see benchmarks)")
     p.add_argument("--compile", action="store_true",
-                   help="run the network through torch.compile (needs a C++ compiler). Compiling is slow on "
-                        "a CPU (1-2 minutes for the 391M model) and gave no reliable speed-up on a 2-core CPU "
-                        "(benchmarks/RESULTS.md); it may pay on a GPU or a larger CPU over many images")
+                   help="run the network through torch.compile (needs a C++ compiler; compiling takes minutes "
+                        "on a CPU, so it pays only over many images; see benchmarks/RESULTS.md)")
     add_device(p)
 
 
@@ -87,7 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sampling import class_labels, generate, save_grid, save_pngs, write_labels
+    from ..sample_folder import write_sample_folder
+    from ..sampling import class_labels, generate
 
     settings = settings_from(args)  # refuses bad option combinations before loading the network
     loaded = load_network(args)
@@ -96,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
     images = generate(loaded.network, config, args.n, args.seed, settings, labels=args.label,
                       schedule=loaded.schedule)
     seconds = time.perf_counter() - start
-    save_pngs(images, args.out)
-    if config.model.num_classes is not None:
-        write_labels(class_labels(config, args.n, settings, args.label)[0], args.out / "labels.txt")
-    shown = images[: args.grid * args.grid]
-    save_grid(shown, args.out / "grid.png", nrow=args.grid, scale=max(1, 128 // config.model.image_size))
+    labels = class_labels(config, args.n, settings, args.label)[0]  # None for an unconditional model
+    write_sample_folder(images, args.out, labels, grid=args.grid)
     print(f"{args.n} images in {seconds:.1f} s ({seconds / args.n:.3f} s/image) -> {args.out}")
     return 0

@@ -22,7 +22,6 @@ import importlib.util
 import os
 import re
 import struct
-import tempfile
 import urllib.request
 import warnings
 import zlib
@@ -38,7 +37,7 @@ from PIL import Image
 from diffsat.config import DataConfig
 from diffsat.data.dataset import DataError, ImageDataset
 from diffsat.data.transforms import to_unit_range
-from diffsat.fileio import cache_dir, sha256_file
+from diffsat.fileio import atomic_write, cache_dir, sha256_file
 from diffsat.progress import progress_bar
 
 Split = Literal["train", "test"]
@@ -117,13 +116,15 @@ def _idx_candidates(root: Path, split: Split, what: str) -> list[Path]:
     return [root / sub / (name + gz) for sub in _IDX_SUBDIRS for name in names for gz in (".gz", "")]
 
 
-def _find_idx(root: Path, split: Split) -> tuple[Path, Path] | None:
+def find_idx_file(root: Path, split: Split, what: str) -> Path | None:
+    """The idx file of ``what`` ("images"/"labels") for ``split`` under ``root``, or None when it is missing."""
+    return next((p for p in _idx_candidates(root, split, what) if p.is_file()), None)
+
+
+def find_idx_files(root: Path, split: Split) -> tuple[Path, Path] | None:
     """(images file, labels file) for ``split`` under ``root``, or None when either is missing."""
-    found = [
-        next((p for p in _idx_candidates(root, split, what) if p.is_file()), None)
-        for what in ("images", "labels")
-    ]
-    return (found[0], found[1]) if found[0] and found[1] else None
+    images, labels = find_idx_file(root, split, "images"), find_idx_file(root, split, "labels")
+    return (images, labels) if images and labels else None
 
 
 def load_mnist_idx(root: str | Path, split: Split = "train") -> Arrays:
@@ -132,7 +133,7 @@ def load_mnist_idx(root: str | Path, split: Split = "train") -> Arrays:
     Returns ``(images uint8 (N, 28, 28) in [0, 255], labels int64 (N,) in 0..9)`` in file order.
     """
     root = Path(root)
-    files = _find_idx(root, split)
+    files = find_idx_files(root, split)
     if files is None:
         prefix = _PREFIX[split]
         raise DataError(
@@ -285,11 +286,12 @@ def _load_bundled_split(root: Path | None, split: Split) -> Arrays:
 
 
 def _fetch_verified(url: str, sha256: str, target: Path, timeout: float) -> None:
-    """Stream ``url`` into a temporary file beside ``target``; move it into place only if the sum matches."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
+    """Stream ``url`` into ``target`` with :func:`~diffsat.fileio.atomic_write`: the file is moved into place
+    only when its SHA-256 is ``sha256``; on any failure nothing is left behind."""
+
+    def write(tmp: str) -> None:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             headers = getattr(resp, "headers", None)
             length = headers.get("Content-Length") if headers is not None else None
             with progress_bar(int(length) if length else None, target.name, unit="B") as bar:
@@ -299,10 +301,8 @@ def _fetch_verified(url: str, sha256: str, target: Path, timeout: float) -> None
                     bar.update(len(chunk))
         if digest.hexdigest() != sha256:
             raise DataError(f"checksum mismatch (SHA-256 {digest.hexdigest()}, expected {sha256})")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, write)
 
 
 def _download_one(name: str, target: Path, mirrors: tuple[str, ...], timeout: float) -> None:
@@ -378,7 +378,7 @@ def _folder_source(root: Path, origin: str) -> MnistSource:
         raise DataError(
             f"{origin} '{root}' does not exist: fix the path, or unset it to use the default MNIST source"
         )
-    if _find_idx(root, "train") or _find_idx(root, "test"):
+    if find_idx_files(root, "train") or find_idx_files(root, "test"):
         return MnistSource("idx", root, origin)
     if _png_split_dir(root, "train") or _png_split_dir(root, "test"):
         return MnistSource("png", root, origin)
@@ -400,7 +400,7 @@ def resolve_mnist_source(path: str | Path | None) -> MnistSource:
     if env and (Path(env).expanduser() / "mnist").exists():
         return _folder_source(Path(os.path.abspath(Path(env).expanduser())) / "mnist", "$DIFFSAT_DATA")
     cache = mnist_cache_dir()
-    if _find_idx(cache, "train") and _find_idx(cache, "test"):
+    if find_idx_files(cache, "train") and find_idx_files(cache, "test"):
         return MnistSource("idx", cache, "the cache")
     if not _offline():
         try:

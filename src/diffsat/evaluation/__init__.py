@@ -3,7 +3,7 @@
 Feature-based metrics (FID, KID, precision/recall, memorisation) take ``(N, D)`` feature arrays (numpy or
 torch), e.g. the 128-d penultimate features of :class:`DigitClassifier` for MNIST, or flattened pixels.
 SWD works on images ``(N, C, H, W)`` in ``[-1, 1]`` directly. :mod:`~diffsat.evaluation.image_sets` loads the
-sets to compare, :mod:`~diffsat.evaluation.compare` runs the whole suite with real-data baselines (``diffsat
+sets to compare, :mod:`~diffsat.evaluation.suite` runs the whole suite with real-data baselines (``diffsat
 evaluate``), :mod:`~diffsat.evaluation.inception` is the optional FID Inception network (user-supplied
 weights), and :mod:`~diffsat.evaluation.during_training` gives cheap numbers to log while training.
 """
@@ -17,7 +17,7 @@ from diffsat.evaluation.classifier import (
     to_classifier_input,
     train_classifier,
 )
-from diffsat.evaluation.compare import EvalSettings, Evaluation, Metric, evaluate
+from diffsat.evaluation.suite import EvalSettings, Evaluation, Metric, evaluate
 from diffsat.evaluation.during_training import make_training_evaluator
 from diffsat.evaluation.fid import feature_stats, fid_from_features, frechet_distance
 from diffsat.evaluation.image_sets import (
@@ -33,7 +33,7 @@ from diffsat.evaluation.memorisation import (
     nearest_neighbour_distances,
     save_closest_pairs_figure,
 )
-from diffsat.evaluation.prdc import precision_recall
+from diffsat.evaluation.knn_precision_recall import precision_recall
 from diffsat.evaluation.swd import (
     SWDResult,
     laplacian_pyramid,

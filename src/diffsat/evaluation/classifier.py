@@ -22,12 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from diffsat.data.mnist import find_idx_file, load_mnist_idx
+from diffsat.data.transforms import to_unit_range
 from diffsat.errors import DiffsatError
+from diffsat.evaluation.outliers import outlier_batch
 from diffsat.fileio import atomic_write, cache_dir, sha256_file
 
 ARCH_VERSION = "mnist-cnn-v2"
 """Architecture and training-recipe tag stored in (and checked against) the weights file metadata. v2: trained
-with outlier exposure, so non-digits (noise, blobs) get low confidence; v1 weights called noise a sure "8"."""
+with outlier exposure, so non-digits (noise, blobs) get low confidence."""
 
 OUTLIER_FRACTION = 0.5
 """Non-digit images per training batch, as a fraction of the digits in it."""
@@ -38,9 +41,6 @@ BLUR_FRACTION = 0.25
 
 FEATURE_DIM = 128
 """Size of the penultimate feature vector returned by :meth:`DigitClassifier.features`."""
-
-_TRAIN_IMAGES_NAMES = ("train-images-idx3-ubyte", "train-images.idx3-ubyte")
-_IDX_SUBDIRS = ("", "raw", "MNIST/raw")  # the layouts diffsat.data.mnist.load_mnist_idx accepts
 
 
 class ClassifierError(DiffsatError):
@@ -120,21 +120,16 @@ class DigitClassifier(nn.Module):
 
 def _train_images_file(root: Path) -> Path:
     """The training-images idx file under ``root`` (gzipped or raw), whose SHA-256 goes into the metadata."""
-    for sub in _IDX_SUBDIRS:
-        for name in _TRAIN_IMAGES_NAMES:
-            for suffix in (".gz", ""):
-                if (root / sub / (name + suffix)).is_file():
-                    return root / sub / (name + suffix)
+    found = find_idx_file(root, "train", "images")
+    if found is not None:
+        return found
     raise ClassifierError(f"{root}: no train-images-idx3-ubyte[.gz] found; point mnist_root at the MNIST idx files")
 
 
 def _load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST ``split`` as (float32 ``(N, 1, 28, 28)`` in ``[-1, 1]``, int64 ``(N,)``)."""
-    from diffsat.data.mnist import load_mnist_idx
-
     images, labels = load_mnist_idx(root, split)  # type: ignore[arg-type]
-    x = torch.from_numpy(images).to(torch.float32).div_(127.5).sub_(1.0)[:, None]
-    return x.contiguous(), torch.from_numpy(labels)
+    return to_unit_range(images[:, None]), torch.from_numpy(labels)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -164,8 +159,6 @@ def outlier_exposure_loss(model: nn.Module, digits: torch.Tensor, labels: torch.
     """Cross-entropy of ``digits`` ``(B, 1, H, W)`` against ``labels`` ``(B,)`` plus ``OUTLIER_WEIGHT`` times the
     cross-entropy of ``OUTLIER_FRACTION * B`` non-digits (:func:`~diffsat.evaluation.outliers.outlier_batch`)
     against the uniform distribution; one forward pass over both."""
-    from diffsat.evaluation.outliers import outlier_batch
-
     junk = outlier_batch(digits, max(1, int(OUTLIER_FRACTION * len(digits))), generator)
     logits = model(torch.cat([digits, junk]).contiguous(memory_format=torch.channels_last))
     to_uniform = -logits[len(digits):].float().log_softmax(dim=1).mean()
@@ -226,11 +219,10 @@ def train_classifier(
     """Train :class:`DigitClassifier` on the full MNIST train split in ``mnist_root`` (idx files) and test it.
 
     Adam + OneCycle, random +-2 px shifts and blur, outlier exposure (:func:`outlier_exposure_loss`), channels-last;
-    all randomness from ``seed``. ``use_bf16``: CPU bfloat16 autocast for training (default off: on the 2-core
-    AVX512-BF16 Xeon without AMX it ran at 0.67x the float32 speed, see ``benchmarks/RESULTS.md``); evaluation
-    is always float32. ``threads``: torch intra-op threads while training, restored afterwards (None: keep the
-    current setting). The default 1 is deliberate: these small convolutions gain ~15 % from a second thread
-    on an idle CPU but slow down several-fold when the cores are shared with another job.
+    all randomness from ``seed``. ``use_bf16``: CPU bfloat16 autocast for training (default off: slower than
+    float32 on CPUs without AMX, see ``benchmarks/RESULTS.md``); evaluation is always float32. ``threads``:
+    torch intra-op threads while training, restored afterwards (None: keep the current setting); the default
+    1 keeps these small convolutions from slowing down when the cores are shared with another job.
     Saves the weights to ``out_path`` (default :func:`default_classifier_path`) as safetensors with metadata
     ``arch_version``, ``test_accuracy``, ``train_images_sha256``, ``epochs``, ``seed``, ``train_seconds``, ``bf16``.
     Returns ``(model in eval mode, accuracy in [0, 1] on the 10,000 test digits)``.

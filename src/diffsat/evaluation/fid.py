@@ -14,14 +14,11 @@ import numpy as np
 import torch
 from scipy import linalg
 
-ArrayLike = np.ndarray | torch.Tensor
+from diffsat.evaluation.arrays import ArrayLike, as_cpu_tensor
 
 
 def _as_f64(x: ArrayLike) -> np.ndarray:
-    """Tensor or array -> float64 numpy array (CPU, detached)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().to(torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
+    return as_cpu_tensor(x, torch.float64).numpy()
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:

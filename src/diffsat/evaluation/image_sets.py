@@ -29,7 +29,6 @@ from diffsat.config import DataConfig
 from diffsat.data import DataError, load_dataset
 from diffsat.data.folder import (
     IMAGE_SUFFIXES,
-    list_image_files,
     load_image,
     load_image_folder,
 )
@@ -39,9 +38,7 @@ from diffsat.data.transforms import to_unit_range
 from diffsat.errors import DiffsatError
 from diffsat.progress import progress_bar
 from diffsat.rundir import is_run_dir, load_run_config
-
-SAMPLE_GRID_NAME = "grid.png"
-"""The overview grid ``diffsat sample`` writes into its output folder; never counted as a sample."""
+from diffsat.sample_folder import SampleFolderError, read_sample_labels, sample_files
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 
@@ -104,11 +101,6 @@ def _channels_of(path: Path) -> int:
     """1 for grey image files (L, LA, 1, I;16 ...), else 3."""
     with Image.open(path) as img:
         return 1 if img.mode in _GREY_MODES else 3
-
-
-def sample_files(root: Path) -> list[Path]:
-    """Image files under ``root`` in sorted order, without ``diffsat sample``'s ``grid.png`` (top level)."""
-    return [p for p in list_image_files(root) if p.relative_to(root).as_posix() != SAMPLE_GRID_NAME]
 
 
 def _check_one_size(files: list[Path], root: Path) -> tuple[int, int]:
@@ -180,33 +172,12 @@ def load_samples(path: str | Path, limit: int | None = None, split: str = "train
     channels, size = _channels_of(files[0]), min(width, height)
     pixels = _decode(files, channels, size, "samples")
     crop = "" if width == height else f", centre-cropped from {width}x{height}"
-    return ImageSet(to_unit_range(pixels), read_sample_labels(root, files),
+    try:
+        labels = read_sample_labels(root, files)
+    except SampleFolderError as err:
+        raise EvaluationError(str(err)) from None
+    return ImageSet(to_unit_range(pixels), labels,
                     f"image folder {root} ({len(files)} files, {'grey' if channels == 1 else 'RGB'} {size} px{crop})")
-
-
-SAMPLE_LABELS = "labels.txt"
-"""Written by ``diffsat sample`` for class-conditional models: one ``file label`` line per sample."""
-
-
-def read_sample_labels(root: Path, files: list[Path]) -> torch.Tensor | None:
-    """The requested class of each of ``files`` from ``root/labels.txt`` as ``(N,)`` int64, or None when the
-    folder has no such file. A file it does not name, or a malformed line, is an :class:`EvaluationError`."""
-    path = root / SAMPLE_LABELS
-    if not path.is_file():
-        return None
-    table: dict[str, int] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise EvaluationError(f"{path}, line {number}: expected 'FILE LABEL', got {line!r}")
-        table[parts[0]] = int(parts[1])
-    missing = [f.relative_to(root).as_posix() for f in files if f.relative_to(root).as_posix() not in table]
-    if missing:
-        raise EvaluationError(f"{path} names no class for {missing[0]} ({len(missing)} files): remove the "
-                              "file or draw the samples again with diffsat sample")
-    return torch.tensor([table[f.relative_to(root).as_posix()] for f in files], dtype=torch.int64)
 
 
 def _first(images: torch.Tensor, labels: torch.Tensor | None, limit: int | None):

@@ -12,10 +12,11 @@ import math
 import numpy as np
 import torch
 
+from diffsat.evaluation.arrays import ArrayLike, as_cpu_tensor
 
-def _as_f64(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Tensor or array -> float64 CPU tensor (detached)."""
-    return torch.as_tensor(x).detach().cpu().to(torch.float64)
+
+def _as_f64(x: ArrayLike) -> torch.Tensor:
+    return as_cpu_tensor(x, torch.float64)
 
 
 def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:

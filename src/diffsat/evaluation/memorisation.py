@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffsat.evaluation.arrays import as_cpu_tensor
+
 DEFAULT_CHUNK = 1024
 
 
 def _flat(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``(N, ...)`` images or features -> float32 CPU ``(N, D)``."""
-    t = torch.as_tensor(x).detach().cpu().to(torch.float32)
+    t = as_cpu_tensor(x, torch.float32)
     return t.reshape(len(t), -1)
 
 

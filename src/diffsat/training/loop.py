@@ -30,7 +30,8 @@ from ..diffusion.schedules import NoiseSchedule
 from ..errors import DiffsatError, TrainingDivergedError
 from ..evaluation.during_training import make_training_evaluator
 from ..models.unet import build_unet
-from ..sampling import SampleSettings, generate, save_grid
+from ..sample_folder import grid_scale, save_grid
+from ..sampling import SampleSettings, generate
 from .distributed import DistContext, setup, teardown
 from .ema import EMA
 from .metrics import MetricsLog
@@ -86,8 +87,7 @@ def training_labels(dataset: ImageDataset, num_classes: int | None, data: DataCo
 def lr_at(step: int, tc: TrainConfig) -> float:
     """Learning rate of ``step`` (0-based): linear warm-up over ``warmup_steps``, then constant or a cosine
     decay reaching 0 at ``max_steps`` (``lr_schedule``). It depends on the step alone, so a resumed run
-    continues exactly; a run stopped earlier by ``time_limit_minutes`` ends part-way down the curve (on the
-    2-core CPU that beat a decay squeezed into the time limit: benchmarks/RESULTS.md)."""
+    continues exactly; a run stopped earlier by ``time_limit_minutes`` ends part-way down the curve."""
     warm = min(1.0, (step + 1) / max(1, tc.warmup_steps))
     if tc.lr_schedule == "constant" or step < tc.warmup_steps:
         return tc.lr * warm
@@ -144,7 +144,7 @@ class Trainer:
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay)
-        # fused: one kernel for all parameters (the per-tensor loop cost ~20 % of a small model's CPU step)
+        # fused: one kernel for all parameters instead of a loop over them
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.loss_fn = DiffusionLoss.from_config(config.diffusion, self.schedule)
@@ -252,7 +252,7 @@ class Trainer:
     def sample_grid(self, path: Path, n: int = 9) -> None:
         """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
         images = self.ema_samples(n)
-        save_grid(images, path, scale=max(1, 128 // self.config.model.image_size))
+        save_grid(images, path, scale=grid_scale(self.config.model.image_size))
         if self.tensorboard is not None:
             self.tensorboard.images(self.step, images)
 

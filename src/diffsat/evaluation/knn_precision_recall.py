@@ -11,12 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffsat.evaluation.arrays import ArrayLike, as_cpu_tensor
+
 DEFAULT_CHUNK = 2048
 
 
-def _as_f32(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
-    return t.detach().cpu().to(torch.float32)
+def _as_f32(x: ArrayLike) -> torch.Tensor:
+    return as_cpu_tensor(x, torch.float32)
 
 
 def knn_radii(features: torch.Tensor, k: int = 3, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:

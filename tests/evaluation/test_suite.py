@@ -14,7 +14,7 @@ from diffsat.evaluation import (
     ImageSet,
     evaluate,
 )
-from diffsat.evaluation.compare import MIN_SAMPLES, resolve_kind, split_reference
+from diffsat.evaluation.suite import MIN_SAMPLES, resolve_kind, split_reference
 
 FAST = EvalSettings(kid_subsets=5, kid_subset_size=50)
 

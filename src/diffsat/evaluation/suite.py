@@ -35,7 +35,7 @@ from diffsat.evaluation.image_sets import EvaluationError, ImageSet
 from diffsat.evaluation.inception import FIDInceptionV3
 from diffsat.evaluation.kid import kid_subset_values
 from diffsat.evaluation.memorisation import memorisation_report
-from diffsat.evaluation.prdc import precision_recall
+from diffsat.evaluation.knn_precision_recall import precision_recall
 from diffsat.evaluation.swd import sliced_wasserstein_distance
 
 MIN_SAMPLES = 10

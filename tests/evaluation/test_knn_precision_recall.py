@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffsat.evaluation import precision_recall
-from diffsat.evaluation.prdc import inside_manifold, knn_radii
+from diffsat.evaluation.knn_precision_recall import inside_manifold, knn_radii
 
 
 @pytest.fixture(scope="module")
