@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.transforms import to_uint8_hwc  # noqa: E402
-from .rundir import loss_plot_path, quality_plot_path  # noqa: E402
+from .rundir import LOSS_PLOT, QUALITY_PLOT, run_file  # noqa: E402
 from .training.metrics import TRAIN_FIELDS, read_metrics  # noqa: E402
 
 
@@ -29,7 +29,7 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Loss against step, log scale, raw and smoothed: ``RUN_DIR/loss.png``."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
-    out = Path(out) if out else loss_plot_path(run_dir)
+    out = Path(out) if out else run_file(run_dir, LOSS_PLOT)
     rows = ~np.isnan(m.get("loss", np.array([])))
     fig, ax = plt.subplots(figsize=(7, 4))
     if rows.any():
@@ -56,7 +56,7 @@ def plot_quality(run_dir: str | Path, out: str | Path | None = None) -> Path | N
     names = [k for k in m if k not in TRAIN_FIELDS and not np.isnan(m[k]).all()]
     if not names:
         return None
-    out = Path(out) if out else quality_plot_path(run_dir)
+    out = Path(out) if out else run_file(run_dir, QUALITY_PLOT)
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
     for ax, name in zip(axes[0], names):
         rows = ~np.isnan(m[name])

@@ -26,13 +26,14 @@ from .evaluation.results import METRIC_HEADER, fmt, metric_cells
 from .fileio import atomic_write_text
 from .plots import plot_training
 from .rundir import (
-    config_path,
+    CONFIG_FILE,
+    LOSS_PLOT,
+    METRICS_FILE,
+    QUALITY_PLOT,
+    REPORT_FILE,
     grid_path,
-    loss_plot_path,
-    metrics_path,
     periodic_grids,
-    quality_plot_path,
-    report_path,
+    run_file,
 )
 from .training.metrics import TRAIN_FIELDS, read_metrics
 
@@ -108,7 +109,7 @@ def read_json_file(path: Path, what: str) -> Any:
 
 def config_section(run_dir: Path) -> str:
     """``config.json`` as one key/value table per section."""
-    path = config_path(run_dir)
+    path = run_file(run_dir, CONFIG_FILE)
     if not path.is_file():
         return '<h2>Configuration</h2><p class="note">no config.json in the run directory</p>'
     config = read_json_file(path, "run config")
@@ -178,7 +179,7 @@ def metrics_section(metrics: dict[str, np.ndarray]) -> str:
 def curves_section(run_dir: Path, metrics: dict[str, np.ndarray]) -> str:
     """``loss.png`` and ``quality.png``, drawn first when missing (``quality.png`` only if evaluations exist)."""
     wants_quality = bool(logged_evaluations(metrics))
-    loss, quality = loss_plot_path(run_dir), quality_plot_path(run_dir)
+    loss, quality = run_file(run_dir, LOSS_PLOT), run_file(run_dir, QUALITY_PLOT)
     if not loss.is_file() or (wants_quality and not quality.is_file()):
         plot_training(run_dir)
     shown = [(loss, "training loss")] + ([(quality, "sample quality")] if wants_quality else [])
@@ -245,7 +246,7 @@ def check_run_dir(run_dir: Path) -> None:
     """One-line :class:`ReportError` unless ``run_dir`` is a directory with ``metrics.csv``."""
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found (give the --out directory of `diffsat train`)")
-    if not metrics_path(run_dir).is_file():
+    if not run_file(run_dir, METRICS_FILE).is_file():
         raise ReportError(f"{run_dir}: no metrics.csv in the run directory (train first, or check the path)")
 
 
@@ -273,4 +274,4 @@ def write_report(run_dir: str | Path, metrics_files: Sequence[str | Path] = (), 
                  out: str | Path | None = None, max_grids: int = MAX_GRIDS) -> Path:
     """Write the report of ``run_dir`` atomically to ``out`` (default ``RUN_DIR/report.html``); returns the path."""
     text = build_report(run_dir, metrics_files, figures, max_grids)
-    return atomic_write_text(Path(out) if out else report_path(run_dir), text)
+    return atomic_write_text(Path(out) if out else run_file(run_dir, REPORT_FILE), text)

@@ -51,6 +51,8 @@ SAMPLES_DIR = "samples"
 FINAL_GRID = "final.png"
 TENSORBOARD_DIR = "tensorboard"
 WEIGHTS_FORMAT = "diffsat-unet-v1"
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, SCHEDULE_FILE, METRICS_FILE, REPORT_FILE, LOSS_PLOT,
+             QUALITY_PLOT, TENSORBOARD_DIR)
 
 Weights = Literal["ema", "model"]
 _GRID_NAME = re.compile(r"step_(\d+)\.png")
@@ -64,28 +66,11 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and any((path / n).is_file() for n in (MODEL_FILE, EMA_FILE))
 
 
-def config_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / CONFIG_FILE
-
-
-def metrics_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / METRICS_FILE
-
-
-def report_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / REPORT_FILE
-
-
-def loss_plot_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / LOSS_PLOT
-
-
-def quality_plot_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / QUALITY_PLOT
-
-
-def tensorboard_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / TENSORBOARD_DIR
+def run_file(run_dir: str | Path, name: str) -> Path:
+    """The path of the run file ``name`` (one of :data:`RUN_FILES`, e.g. :data:`METRICS_FILE`) in ``run_dir``."""
+    if name not in RUN_FILES:
+        raise ValueError(f"'{name}' is not a run file: one of {', '.join(RUN_FILES)}")
+    return Path(run_dir) / name
 
 
 def grid_path(run_dir: str | Path, step: int | None = None) -> Path:
@@ -108,7 +93,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Con
     """The config of a run directory (its ``config.json``) or of a config file (ours or DDPM-CD's), with
     ``section.key=value`` overrides (see :func:`diffsat.config.load_config`)."""
     path = Path(path)
-    return load_config(config_path(path) if path.is_dir() else path, overrides)
+    return load_config(run_file(path, CONFIG_FILE) if path.is_dir() else path, overrides)
 
 
 # --------------------------------------------------------------------------------------------- reading files

@@ -157,10 +157,10 @@ class Trainer:
         self.evaluator, self.tensorboard = None, None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, rundir.config_path(self.run_dir))
-            self.metrics = MetricsLog(rundir.metrics_path(self.run_dir), self.step if resume else None)
+            save_config(config, rundir.run_file(self.run_dir, rundir.CONFIG_FILE))
+            self.metrics = MetricsLog(rundir.run_file(self.run_dir, rundir.METRICS_FILE), self.step if resume else None)
             if tc.tensorboard:
-                self.tensorboard = TensorBoardLog(rundir.tensorboard_dir(self.run_dir))
+                self.tensorboard = TensorBoardLog(rundir.run_file(self.run_dir, rundir.TENSORBOARD_DIR))
             if tc.eval_every:
                 self.evaluator = make_training_evaluator(config, self.dataset)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DiffsatError
 from ..fileio import atomic_write_text
-from ..rundir import metrics_path
+from ..rundir import METRICS_FILE, run_file
 
 TRAIN_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "gflops", "elapsed_s"]
 """``loss``: mean over the log interval; ``images_per_s``: global (all ranks); ``gflops``: achieved GFLOP/s."""
@@ -55,7 +55,7 @@ class MetricsLog:
 
 def read_metrics(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Columns of ``RUN_DIR/metrics.csv`` as float arrays (NaN where a row leaves a column empty)."""
-    path = metrics_path(run_dir)
+    path = run_file(run_dir, METRICS_FILE)
     if not path.is_file():
         raise DiffsatError(f"{path}: no metrics.csv (train first, or check the run directory)")
     with path.open(newline="") as f:
