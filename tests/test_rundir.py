@@ -56,3 +56,18 @@ def test_file_names_and_grids(tmp_path: Path) -> None:
     rundir.grid_path(tmp_path).write_bytes(b"")  # final.png is not a periodic grid
     assert [s for s, _ in rundir.periodic_grids(tmp_path)] == [3, 20, 100]
     assert rundir.grid_path(tmp_path, 3).name == "step_0000003.png"
+
+
+def test_random_model_has_the_configs_architecture_and_is_seeded(tmp_path: Path) -> None:
+    cfg = tiny()
+    save_config(cfg, tmp_path / "tiny.json")
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b, c = rundir.random_model(cfg, seed=1), rundir.random_model(tmp_path / "tiny.json", seed=1), rundir.random_model(cfg, seed=2)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random state is untouched
+    assert a.weights == "random (seed 1)" and a.config == cfg and b.config == cfg and not a.network.training
+    assert a.schedule.timesteps == cfg.diffusion.timesteps
+    shapes = {k: v.shape for k, v in build_unet(cfg.model).state_dict().items()}
+    assert {k: v.shape for k, v in a.network.state_dict().items()} == shapes
+    assert all(torch.equal(x, y) for x, y in zip(a.network.state_dict().values(), b.network.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.network.state_dict().values(), c.network.state_dict().values()))

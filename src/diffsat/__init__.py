@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "load_model", "random_model"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that ``import diffsat`` does not import torch.
-    if name == "load_model":
-        from .rundir import load_model
+    if name in ("load_model", "random_model"):
+        from . import rundir
 
-        return load_model
+        return getattr(rundir, name)
     raise AttributeError(f"module 'diffsat' has no attribute '{name}'")

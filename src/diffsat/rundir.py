@@ -435,6 +435,18 @@ def load_model(checkpoint: str | Path, config: Config | str | Path | None = None
     return LoadedModel(_network(cfg, weights, source), cfg, _schedule(cfg, buffers, source), which)
 
 
+def random_model(config: Config | str | Path, seed: int = 0) -> LoadedModel:
+    """The network ``config`` describes (a :class:`Config`, our JSON, a DDPM-CD JSON or a run directory) with
+    freshly initialised weights from ``seed``, as a :class:`LoadedModel` whose ``weights`` is
+    ``"random (seed N)"``: the same architecture and schedule as a trained model, for shapes, speed and
+    pipelines when the trained weights are not at hand. The caller's random state is left untouched."""
+    cfg = config if isinstance(config, Config) else load_run_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = build_unet(cfg.model).eval()
+    return LoadedModel(network, cfg, NoiseSchedule.from_config(cfg.diffusion), f"random (seed {seed})")
+
+
 # ------------------------------------------------------------------------------------------------- convert
 
 
