@@ -8,13 +8,16 @@ notebook with nbclient (any cell error fails the test) and checks what the noteb
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 from nbclient import NotebookClient
+from PIL import Image
 
 from conftest import REPO_ROOT
 from diffsat import rundir
@@ -119,7 +122,23 @@ def test_satellite(tmp_path: Path, shared_data: Path) -> None:
         assert (out / made).is_file(), made
 
 
-def test_change_detection(tmp_path: Path, shared_data: Path) -> None:
+def write_pairs(root: Path, n: int, size: int, seed: int = 0) -> list[str]:
+    """``n`` synthetic change pairs in the LEVIR-CD layout (a bright square appears in B; the label marks it)."""
+    rng = np.random.default_rng(seed)
+    names = []
+    for i in range(n):
+        a = rng.integers(40, 120, (size, size, 3), dtype=np.uint8)
+        b, label = a.copy(), np.zeros((size, size), dtype=np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        b[y : y + size // 3, x : x + size // 3], label[y : y + size // 3, x : x + size // 3] = 230, 255
+        for folder, array in (("A", a), ("B", b), ("label", label)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / f"p{i}.png")
+        names.append(f"p{i}.png")
+    return names
+
+
+def test_change_detection(tmp_path: Path) -> None:
     if importlib.util.find_spec("diffsat.cd") is None:
         pytest.skip("diffsat.cd is not on this branch: the change-detection notebook runs once branch cd is merged")
     backbone = tmp_path / "backbone"  # a random-weight 2-level U-Net as a run directory: features, not quality
@@ -129,14 +148,22 @@ def test_change_detection(tmp_path: Path, shared_data: Path) -> None:
                                                 "data": {"channels": 3, "image_size": 32}}))
     save_config(loaded.config, rundir.run_file(backbone, rundir.CONFIG_FILE))
     rundir.save_checkpoint(backbone, loaded.network, loaded.network, {"step": 0})
+    pairs = tmp_path / "pairs"
+    names = write_pairs(pairs, 4, 32)
+    source = lambda chosen: [{"root": str(pairs), "names": chosen}]  # noqa: E731
+    config = {"cd": {
+        "data": {"train": source(names[:2]), "val": source(names[2:3]), "test": source(names[3:]),
+                 "crop_size": 16, "window": 32, "margin": 4},
+        "features": {"noise_levels": [0.99], "decoder_scales": [1, 3]},
+        "head": {"kind": "ddpmcd", "compare": ["cva"], "classifier_channels": 8},
+        "train": {"batch_size": 2, "max_steps": 2, "eval_every": 2, "log_every": 1, "save_every": 2},
+    }}
+    (tmp_path / "cd.json").write_text(json.dumps(config))
     out = tmp_path / "cd"
     printed = run_notebook("change_detection.ipynb", {
-        "CONFIG": "configs/cd_levir_cpu.json", "BACKBONE": str(backbone), "BACKBONE_CONFIG": None,
-        "OVERRIDES": ["features.noise_levels=[0.99]", "features.decoder_scales=[1,3]", "head.compare=[\"cva\"]",
-                      "head.classifier_channels=8", "data.crop_size=32", "train.batch_size=2", "train.max_steps=2",
-                      "train.eval_every=2", "train.log_every=1", "train.save_every=2"],
-        "OUT": str(out), "PAIRS": str(shared_data / "dsifn-cd256-samples"), "N_FIGURES": 1,
+        "CONFIG": str(tmp_path / "cd.json"), "BACKBONE": str(backbone), "BACKBONE_CONFIG": None,
+        "OVERRIDES": ["train.lr=0.001"], "OUT": str(out), "PAIRS": str(pairs), "LIST": None, "N_FIGURES": 1,
     })
     assert "head: ddpmcd | baselines: cva" in printed and "feature cache:" in printed
-    assert "ddpmcd " in printed and "cva " in printed and "10 pairs: change F1" in printed
-    assert (out / "test_metrics.json").is_file() and len(list((out / "masks").glob("*.png"))) == 10
+    assert "ddpmcd " in printed and "cva " in printed and "4 pairs: change F1" in printed
+    assert (out / "test_metrics.json").is_file() and len(list((out / "masks").glob("*.png"))) == 4
