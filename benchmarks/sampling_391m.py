@@ -13,6 +13,7 @@ Measures, at batch 1:
     python benchmarks/sampling_391m.py                  # ~12 minutes on the idle 2-core CPU, ~20 when shared
     python benchmarks/sampling_391m.py --steps 20 --evals 1             # shorter
     python benchmarks/sampling_391m.py --compile --no-levers --no-dpm   # compile time, compiled vs eager
+    python benchmarks/sampling_391m.py --no-levers --auto --steps 10 20  # what `diffsat sample` does by default
 
 Random weights give meaningless images but the same arithmetic as trained ones.
 """
@@ -29,8 +30,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffsat.config import Config
-from diffsat.diffusion.objective import split_prediction
 from diffsat.models.unet import build_unet, count_parameters
+from diffsat.precision import bf16_difference as precision_difference
 from diffsat.runtime import cpu_has_bf16
 from diffsat.sampling import SampleSettings, generate, prepare_net
 
@@ -108,19 +109,12 @@ def measure_levers(net: torch.nn.Module, flops: int, evals: int) -> list[dict]:
 
 def bf16_difference(net: torch.nn.Module) -> dict:
     """bf16-vs-fp32 difference of the raw output (relative to its largest entry, and in rms) and of the
-    clipped x0 estimate (in image units, [-1, 1]) at two noise levels."""
+    clipped x0 estimate (in image units, [-1, 1]) at two noise levels (:func:`diffsat.precision.bf16_difference`)."""
     out = {}
     x, _ = inputs(True)
     net.to(memory_format=torch.channels_last)
     for level in (0.5, 0.05):
-        lv = torch.tensor([level])
-        fp32, bf16 = lever_call(net, False, "inference_mode")(x, lv), lever_call(net, True, "inference_mode")(x, lv)
-        x0_32, _ = split_prediction("eps", fp32, x, lv, clip_x0="static")
-        x0_16, _ = split_prediction("eps", bf16, x, lv, clip_x0="static")
-        row = dict(output_rel_max=float((bf16 - fp32).abs().max() / fp32.abs().max()),
-                   output_rel_rms=float((bf16 - fp32).norm() / fp32.norm()),
-                   x0_max_abs=float((x0_16 - x0_32).abs().max()), x0_mean_abs=float((x0_16 - x0_32).abs().mean()))
-        out[level] = row
+        row = out[level] = precision_difference(net, x, level)
         print(f"  level {level}: output |bf16 - fp32| max {row['output_rel_max']:.2e} of max |output|, rms "
               f"{row['output_rel_rms']:.2e}; x0 estimate: max {row['x0_max_abs']:.3f}, mean {row['x0_mean_abs']:.4f}",
               flush=True)
@@ -142,8 +136,9 @@ def measure_compile(net: torch.nn.Module, flops: int, evals: int) -> tuple[torch
     return compiled, dict(precision="fp32", channels_last=True, first=first, seconds=best, cpu=cpu)
 
 
-def measure_dpm(net: torch.nn.Module, steps_list: list[int], bf16: bool, channels_last: bool) -> list[dict]:
-    """Seconds per image of ``generate`` (batch 1) with DPM-Solver++; ``net`` may be a compiled module."""
+def measure_dpm(net: torch.nn.Module, steps_list: list[int], bf16: bool | None, channels_last: bool) -> list[dict]:
+    """Seconds per image of ``generate`` (batch 1) with DPM-Solver++; ``net`` may be a compiled module;
+    ``bf16=None`` is ``precision auto`` (its one-off measurement, when not cached, counts in the first row)."""
     rows = []
     for steps in steps_list:
         settings = SampleSettings("dpm++", steps, batch_size=1, bf16=bf16, channels_last=channels_last, device="cpu")
@@ -164,6 +159,9 @@ def main() -> None:
     parser.add_argument("--no-levers", action="store_true", help="skip the lever table (use fp32 channels_last)")
     parser.add_argument("--no-dpm", action="store_true", help="skip the per-image DPM-Solver++ runs")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
+    parser.add_argument("--auto", action="store_true",
+                        help="per-image runs with precision auto (what `diffsat sample` does with no precision "
+                             "flag) instead of the fastest lever")
     args = parser.parse_args()
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
@@ -186,9 +184,10 @@ def main() -> None:
             best, runner = row, compiled
     if not args.no_dpm:
         how = "torch.compile, " if runner is not net else ""
-        print(f"per image ({how}{best['precision']}, channels_last={best['channels_last']}):", flush=True)
+        precision = "precision auto" if args.auto else best["precision"]
+        print(f"per image ({how}{precision}, channels_last={best['channels_last']}):", flush=True)
         net.to(memory_format=torch.channels_last if best["channels_last"] else torch.contiguous_format)
-        measure_dpm(runner, args.steps, best["precision"] == "bf16", best["channels_last"])
+        measure_dpm(runner, args.steps, None if args.auto else best["precision"] == "bf16", best["channels_last"])
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
 
 

@@ -48,3 +48,14 @@ def train_tiny_run(root: Path, config: dict) -> Path:
     path.write_text(json.dumps(config))
     assert main(["train", str(path), "--out", str(root / "run"), "--no-progress"]) == 0
     return root / "run"
+
+
+@pytest.fixture(autouse=True)
+def precision_cache(tmp_path_factory, monkeypatch) -> Path:
+    """``precision auto`` measurements of the tests go to a cache file of the test session, never to the
+    user's cache (``diffsat.precision.precision_cache_file``)."""
+    from diffsat import precision
+
+    path = tmp_path_factory.getbasetemp() / "precision.json"
+    monkeypatch.setattr(precision, "precision_cache_file", lambda: path)
+    return path

@@ -127,8 +127,10 @@ class TrainConfig(_Section):
     time_limit_minutes: float | None = Field(None, gt=0.0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """``bf16``: bfloat16 autocast for the forward pass (weights, optimiser and EMA stay float32)."""
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    """``bf16``: bfloat16 autocast for the forward pass (weights, optimiser and EMA stay float32); ``auto``:
+    bf16 when a cached measurement of this network's training step on this machine finds it faster
+    (:mod:`diffsat.precision`)."""
     channels_last: bool = False
     compile: bool = False
     """Run the training forward pass through ``torch.compile`` (inductor; needs a C++ compiler on the CPU).

@@ -25,8 +25,19 @@ def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
     return out
 
 
+def smooth_log(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
+    """Geometric running average: :func:`smooth` of ``log(values)``, exponentiated (``values`` > 0).
+
+    A loss falls by orders of magnitude in a run; an arithmetic average of it is dominated by the large early
+    values for hundreds of steps and lies far above the curve on a log axis. On the log scale the average
+    follows a decay with a constant lag: for ``values = exp(-k * i)`` the smoothed value at row ``i`` is
+    ``exp(-k * (i - lag_i))`` with ``lag_i`` -> ``weight / (1 - weight)`` rows.
+    """
+    return np.exp(smooth(np.log(values), weight))
+
+
 def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Loss against step, log scale, raw and smoothed: ``RUN_DIR/loss.png``."""
+    """Loss against step, log scale, raw and smoothed (:func:`smooth_log`): ``RUN_DIR/loss.png``."""
     run_dir = Path(run_dir)
     m = read_metrics(run_dir)
     out = Path(out) if out else run_file(run_dir, LOSS_PLOT)
@@ -35,7 +46,7 @@ def plot_loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if rows.any():
         step, loss = m["step"][rows], m["loss"][rows]
         ax.plot(step, loss, alpha=0.35, lw=1, label="loss (mean per log interval)")
-        ax.plot(step, smooth(loss), lw=2, label="smoothed")
+        ax.plot(step, smooth_log(loss), lw=2, label="smoothed (geometric mean)")
         ax.legend()
     ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -21,6 +21,7 @@ from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
+from .precision import auto_bf16
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
@@ -42,8 +43,9 @@ class SampleSettings:
     ``dynamic`` is Imagen's dynamic thresholding with percentile ``x0_quantile``, ``none`` leaves it alone
     (see :func:`diffsat.diffusion.objective.split_prediction`). The final images are clamped to [-1, 1] in
     every case.
-    ``bf16``: bfloat16 autocast for the network; ``None`` = on for CUDA, off for CPU (where bf16
-    convolutions were slower than fp32 in benchmarks/RESULTS.md).
+    ``bf16``: bfloat16 autocast for the network; ``None`` = ``precision auto``: decided by
+    :func:`diffsat.precision.auto_bf16` for the network at the batch it will run (on a CPU with native bf16
+    by a cached measurement, since bf16 doubles the speed on some such CPUs and halves it on others).
     ``compile``: run the network through ``torch.compile`` (inductor, with weight freezing: the weights are
     baked into the compiled graph, so compile a network only for sampling, not between training steps).
     ``guidance``: classifier-free guidance scale for a class-conditional model (see
@@ -185,7 +187,6 @@ def generate(
     """
     settings = settings.for_model(config)
     device = resolve_device(settings.device)
-    net = prepare_net(net, settings, device)
     schedule = schedule or NoiseSchedule.from_config(config.diffusion)
     if settings.steps > schedule.timesteps:
         raise SampleSettingsError(
@@ -194,6 +195,12 @@ def generate(
         )
     sample_classes, scale = class_labels(config, n, settings, labels)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
+    if settings.bf16 is None:
+        calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
+        settings = replace(settings, bf16=auto_bf16(prepare_net(net, replace(settings, compile=False), device),
+                                                    (calls, *shape), device, channels_last=settings.channels_last,
+                                                    announce=print if progress else None))
+    net = prepare_net(net, settings, device)
     sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)
     desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.describe()})"

@@ -42,7 +42,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="bf16 autocast; auto = bf16 on CUDA, fp32 on CPU (faster there, see benchmarks)")
+                   help="bf16 autocast or fp32; auto (default) = bf16 on a bf16-capable GPU; on a CPU with "
+                        "native bf16 whichever a few timed network calls at this batch find faster (once per "
+                        "machine, network and batch; cached in ~/.cache/diffsat/precision.json); fp32 otherwise")
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile (needs a C++ compiler; compiling takes minutes "
                         "on a CPU, so it pays only over many images; see benchmarks/RESULTS.md)")

@@ -30,6 +30,7 @@ from ..diffusion.schedules import NoiseSchedule
 from ..errors import DiffsatError, TrainingDivergedError
 from ..evaluation.during_training import make_training_evaluator
 from ..models.unet import build_unet
+from ..precision import auto_bf16
 from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
 from .distributed import DistContext, setup, teardown
@@ -146,6 +147,7 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         # fused: one kernel for all parameters instead of a loop over them
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
+        self.bf16 = self._resolve_bf16()
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.loss_fn = DiffusionLoss.from_config(config.diffusion, self.schedule)
         self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
@@ -163,6 +165,17 @@ class Trainer:
                 self.tensorboard = TensorBoardLog(rundir.run_file(self.run_dir, rundir.TENSORBOARD_DIR))
             if tc.eval_every:
                 self.evaluator = make_training_evaluator(config, self.dataset)
+
+    def _resolve_bf16(self) -> bool:
+        """``train.precision`` as a yes/no for bf16 autocast; ``auto`` times this model's training step
+        (:func:`diffsat.precision.auto_bf16`), and under torchrun takes bf16 only when every rank chose it."""
+        tc, m = self.config.train, self.config.model
+        if tc.precision != "auto":
+            return tc.precision == "bf16"
+        shape = (tc.batch_size, m.in_channels, m.image_size, m.image_size)
+        choice = auto_bf16(self.model, shape, self.device, channels_last=tc.channels_last, training=True,
+                           announce=print if self.dist.is_main else None)
+        return self.dist.all_true(choice)
 
     @property
     def global_batch(self) -> int:
@@ -218,7 +231,7 @@ class Trainer:
         torch.manual_seed(seed)  # dropout draws from the global generator
         generator = torch.Generator().manual_seed(seed)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             return self._loss(self.net, generator)
 
     def measure_flops(self) -> float:
@@ -246,7 +259,7 @@ class Trainer:
     def ema_samples(self, n: int) -> torch.Tensor:
         """``n`` images from the EMA weights with the fixed grid seed: (n, C, S, S) in [-1, 1]."""
         tc = self.config.train
-        settings = SampleSettings(steps=tc.sample_steps, bf16=tc.precision == "bf16", device=str(self.device))
+        settings = SampleSettings(steps=tc.sample_steps, bf16=self.bf16, device=str(self.device))
         return generate(self.ema.model, self.config, n, seed=GRID_SEED, settings=settings, progress=False)
 
     def sample_grid(self, path: Path, n: int = 9) -> None:
