@@ -166,6 +166,17 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, axes, out: Path, title: str) -> Path:
+    """Legend on the first panel, the title, and the figure written to ``out``."""
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def plot(rows: list[dict], out: Path) -> Path:
     """Recognisable fraction and classifier FID against NFE (log x), one line per sampler and guidance, real
     baseline dashed."""
@@ -189,13 +200,7 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
     axes[1].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"mnist_cpu model, {rows[0]['n'] if rows else 0} digits per point, seed 0", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, axes, out, f"mnist_cpu model, {rows[0]['n'] if rows else 0} digits per point, seed 0")
 
 
 def plot_guidance(rows: list[dict], out: Path) -> Path:
@@ -217,13 +222,7 @@ def plot_guidance(rows: list[dict], out: Path) -> Path:
         ax.set_xlabel("classifier-free guidance scale")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"mnist_cpu model: guidance, {rows[0]['n'] if rows else 0} digits per point, seed 0", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, axes, out, f"mnist_cpu model: guidance, {rows[0]['n'] if rows else 0} digits per point, seed 0")
 
 
 def main() -> None:
