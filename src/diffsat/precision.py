@@ -32,9 +32,9 @@ from .diffusion.objective import split_prediction
 from .fileio import atomic_write_text, cache_dir
 from .runtime import cpu_has_bf16
 
-BF16_MARGIN = 1.1
+BF16_MARGIN = 1.2
 """bf16 autocast is chosen only when it is at least this many times faster than fp32: fp32 is the more
-exact of the two, and a smaller gain is within the noise of a few timed calls."""
+exact of the two, and a smaller gain is within the noise of a few timed calls on a shared machine."""
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 """The /proc/cpuinfo flags that decide how fast bf16 and fp32 convolutions run (part of the cache key)."""
 
