@@ -129,3 +129,15 @@ def test_out_of_range_label_is_a_one_line_error(conditional_run: Path, tmp_path:
         "diffsat: error: class label 10 out of range: this model has classes 0..9 (--label)")
     with pytest.raises(SystemExit):
         main(["sample", str(conditional_run), "--out", str(tmp_path / "s"), "--label", "x"])
+
+
+@pytest.mark.parametrize("verb", ["sample", "chain"])
+def test_default_sampler_is_the_measured_one(verb: str, tmp_path: Path) -> None:
+    """No sampler flags: SDE-DPM-Solver++ with 10 steps (benchmarks/RESULTS.md, issue 19), precision auto;
+    the chain's default 11 frames fit its 10 steps."""
+    from diffsat.cli import build_parser
+
+    args = build_parser().parse_args([verb, "run", "--out", str(tmp_path / "x")])
+    assert (args.sampler, args.steps, args.precision) == ("dpm++sde", 10, "auto")
+    if verb == "chain":
+        assert args.frames <= args.steps + 1
