@@ -113,8 +113,10 @@ def test_key_names_machine_network_shape_and_mode(net) -> None:
     assert key_id(key) == key_id(dict(reversed(list(key.items()))))  # order-free
 
 
-def test_auto_bf16_times_the_real_network_once(net, monkeypatch, precision_cache, capsys) -> None:
+def test_auto_bf16_times_the_real_network_once(net, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # measure even where this CPU lacks bf16
+    precision_cache = tmp_path / "precision.json"  # this test's own cache (other tests add to the session's)
+    monkeypatch.setattr(precision, "precision_cache_file", lambda: precision_cache)
     lines: list[str] = []
     for training in (False, True, False):
         auto_bf16(net, (2, 1, 8, 8), torch.device("cpu"), channels_last=True, training=training,

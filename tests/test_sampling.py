@@ -30,7 +30,7 @@ def net() -> torch.nn.Module:
 
 
 def settings(**kw) -> SampleSettings:
-    return SampleSettings(**({"sampler": "dpm++", "steps": 6, "batch_size": 2, "device": "cpu"} | kw))
+    return SampleSettings(**({"sampler": "dpm++", "steps": 6, "batch_size": 2, "device": "cpu", "bf16": False} | kw))
 
 
 def test_progress_bar_counts_steps_of_every_batch(net, config, capsys) -> None:

@@ -105,7 +105,7 @@ def test_sample_by_class_with_guidance(conditional_run: Path, tmp_path: Path) ->
     assert (tmp_path / "s" / "labels.txt").read_text().split() == [
         "sample_00000.png", "3", "sample_00001.png", "8", "sample_00002.png", "3", "sample_00003.png", "8"]
     loaded = load_model(conditional_run)
-    settings = SampleSettings("ancestral", 3, device="cpu", guidance=1.5)
+    settings = SampleSettings("dpm++sde", 3, device="cpu", guidance=1.5)  # the CLI's default sampler
     expected = to_uint8_hwc(generate(loaded.network, loaded.config, 4, 0, settings, labels=[3, 8], progress=False))
     assert np.array_equal(read_pngs(tmp_path / "s", 4), expected[..., 0])
     assert main(["chain", str(conditional_run), "--n", "1", "--steps", "3", "--frames", "2", "--label", "5",
