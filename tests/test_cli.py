@@ -1,6 +1,7 @@
 """The command line end to end on a tiny config: train, resume, sample, chain, plot, and its errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,12 +26,11 @@ def test_train_writes_a_run_directory(run_dir: Path) -> None:
 
 def test_resume_continues_with_overrides(run_dir: Path, tmp_path: Path, capsys) -> None:
     copy = tmp_path / "run"
-    copy.mkdir()
-    for f in run_dir.iterdir():
-        if f.is_file():
-            (copy / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(run_dir, copy)
     assert main(["train", "--resume", "--out", str(copy), "--set", "train.max_steps=6", "--no-progress"]) == 0
-    assert "trained 6 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"resuming {copy} from step 4 ({copy / 'checkpoints' / 'step-0000004'})" in out
+    assert "trained 6 steps" in out
 
 
 def test_sample_writes_pngs_and_a_grid(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -152,6 +152,9 @@ class TrainConfig(_Section):
     and the default of ``diffsat sample --guidance`` (1 = the conditional model alone, 0 = unconditional,
     > 1 = guided). Must be 1 for an unconditional model."""
     save_every: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many of the newest checkpoints the run directory keeps (an unreadable newest one falls back to the
+    one before it)."""
     eval_every: int | None = Field(None, ge=1)
     """Log sample-quality numbers (digit classifier or SWD) every N steps; ``None`` = off."""
     tensorboard: bool = False

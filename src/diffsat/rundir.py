@@ -1,13 +1,21 @@
-"""Run directories: every file name of a run, reading and writing checkpoints, and loading a network.
+"""Run directories: every file name of a run, crash-consistent checkpoints, and loading a network.
 
-A run directory holds ``config.json`` (the resolved config), ``model.safetensors`` and ``ema.safetensors``
-(weights, with the step in their metadata), ``train_state.pt`` (optimiser state, step, EMA update count, time
-in training steps; read with ``weights_only=True``), ``metrics.csv``, ``loss.png`` / ``quality.png``,
-``samples/`` (periodic grids ``step_XXXXXXX.png`` and ``final.png``), ``report.html`` and optionally
-``tensorboard/``; a converted foreign checkpoint adds ``schedule.safetensors``. Only this module spells
-those names: callers ask it for a run's config, its latest checkpoint's weights or train state, or the path
-of one of its outputs. Every file is written to a temporary name beside it and moved into place with
-``os.replace``, so a crash leaves the previous file intact.
+A run directory holds ``config.json`` (the resolved config), ``checkpoints/`` (the newest
+``train.keep_checkpoints`` checkpoints, one directory each), ``model.safetensors`` and ``ema.safetensors``
+(the newest checkpoint's weights, exported for users and other tools), ``metrics.csv``, ``loss.png`` /
+``quality.png``, ``samples/`` (periodic grids ``step_XXXXXXX.png`` and ``final.png``), ``report.html`` and
+optionally ``tensorboard/``; a converted foreign checkpoint adds ``schedule.safetensors``. Only this module
+spells those names: callers ask it for a run's config, its checkpoint or the path of one of its outputs.
+
+A checkpoint is ``checkpoints/step-XXXXXXX/`` holding ``model.safetensors``, ``ema.safetensors`` (weights,
+with the step in their metadata), ``train_state.pt`` (optimiser state, step, EMA update count, time in
+training steps; read with ``weights_only=True``) and ``checkpoint.json`` (the step and each file's size). It is
+written whole into ``step-XXXXXXX.tmp-<pid>/``, fsync'ed, and committed by one atomic rename, so a kill, a
+full disk or a power cut leaves either the whole new checkpoint or none of it beside the previous ones;
+training and :func:`load_model` read the newest committed checkpoint that reads, falling back to the one
+before with a warning. Runs of the older flat layout (``train_state.pt`` beside the weights) are read as they
+are; the first checkpoint a resumed run writes moves them to the new layout. Every other file is written to
+a temporary name beside it and moved into place with ``os.replace``.
 
 Foreign weight files (DDPM-CD / SR3 ``*_gen.pth``, bare state dicts, ``.safetensors``) are read with
 ``torch.load(weights_only=True)``: a pickle that needs arbitrary code is refused, never executed; their
@@ -16,17 +24,20 @@ layouts are mapped by :mod:`diffsat.ddpmcd`. :func:`load_model` returns a :class
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import pickle
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -34,7 +45,7 @@ from .config import SCHEDULE_NAMES, Config, DiffusionConfig, load_config, save_c
 from .ddpmcd import StateDict, to_our_keys, unwrap_state_dict
 from .diffusion.schedules import F64, NoiseSchedule, make_betas
 from .errors import CheckpointError
-from .fileio import atomic_write
+from .fileio import atomic_write, fsync_path, remove_stray_tmp_files
 from .models.unet import build_unet
 
 CONFIG_FILE = "config.json"
@@ -50,20 +61,28 @@ QUALITY_PLOT = "quality.png"
 SAMPLES_DIR = "samples"
 FINAL_GRID = "final.png"
 TENSORBOARD_DIR = "tensorboard"
+CHECKPOINTS_DIR = "checkpoints"
+MANIFEST_FILE = "checkpoint.json"
+"""Written last into a step directory: the step and the size of each file (a commit record)."""
 WEIGHTS_FORMAT = "diffsat-unet-v1"
+CHECKPOINT_FORMAT = "diffsat-checkpoint-v1"
+CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, SCHEDULE_FILE, METRICS_FILE, REPORT_FILE, LOSS_PLOT,
-             QUALITY_PLOT, TENSORBOARD_DIR)
+             QUALITY_PLOT, TENSORBOARD_DIR, CHECKPOINTS_DIR)
 
 Weights = Literal["ema", "model"]
 _GRID_NAME = re.compile(r"step_(\d+)\.png")
+_STEP_DIR = re.compile(r"step-(\d+)")
+_UNCOMMITTED = re.compile(r"step-\d+\.(?:tmp|old)-\d+")
 
 # ------------------------------------------------------------------------------------------ names and paths
 
 
 def is_run_dir(path: str | Path) -> bool:
-    """Whether ``path`` is a diffsat run directory (``config.json`` and model weights)."""
+    """Whether ``path`` is a diffsat run directory (``config.json`` and model weights or checkpoints)."""
     path = Path(path)
-    return (path / CONFIG_FILE).is_file() and any((path / n).is_file() for n in (MODEL_FILE, EMA_FILE))
+    weights = any((path / n).is_file() for n in (MODEL_FILE, EMA_FILE)) or bool(committed_checkpoints(path))
+    return (path / CONFIG_FILE).is_file() and weights
 
 
 def run_file(run_dir: str | Path, name: str) -> Path:
@@ -129,14 +148,14 @@ def _torch_load(path: Path, mmap: bool) -> Any:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
 
-def safe_torch_load(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, map_location="cpu", weights_only=True, mmap=True)``, one-line errors.
+def safe_torch_load(path: str | Path, mmap: bool = True) -> dict[str, Any]:
+    """``torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)``, one-line errors.
 
     Falls back to ``mmap=False`` for the pre-1.6 (non-zip) format. Never executes code from the file.
     """
     path = _existing_file(path)
     try:
-        obj = _torch_load(path, mmap=True)
+        obj = _torch_load(path, mmap=mmap)
     except RuntimeError as err:
         if "mmap" not in str(err):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(err).splitlines()[0]})") from None
@@ -255,57 +274,360 @@ def load_state_into(model: nn.Module, unet_state_dict: Mapping[str, torch.Tensor
 # ------------------------------------------------------------------------------------ checkpoints of a run
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A committed checkpoint of a run: ``folder`` holds its :data:`CHECKPOINT_FILES` (a step directory
+    ``checkpoints/step-XXXXXXX``, or the run directory itself for a run of the old, flat layout)."""
+
+    step: int
+    folder: Path
+
+    def file(self, name: str) -> Path:
+        return self.folder / name
+
+
+@dataclass(frozen=True)
+class TrainCheckpoint:
+    """Everything training resumes from, read whole: the ``model`` and ``ema`` weights (state dicts of CPU
+    tensors) and the train ``state`` (``step``, ``elapsed_s``, ``ema_updates``, ``optimizer``)."""
+
+    checkpoint: Checkpoint
+    model: StateDict
+    ema: StateDict
+    state: dict[str, Any]
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """The committed directory of the checkpoint of ``step``: ``RUN/checkpoints/step-XXXXXXX``."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:07d}"
+
+
+def committed_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
+    """The run's committed step directories, newest first (an old-layout run has none)."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else ())
+             if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    return [Checkpoint(step, path) for step, path in sorted(found, reverse=True)]
+
+
+def _old_layout(run_dir: Path) -> Checkpoint | None:
+    """The flat checkpoint of a run written before step directories (``train_state.pt`` at the top)."""
+    state = run_dir / STATE_FILE
+    return Checkpoint(-1, run_dir) if state.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------- reading them
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    """The commit manifest of a step directory, after checking every file has the size it recorded."""
+    path = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files, step = dict(manifest["files"]), int(manifest["step"])
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing (the checkpoint directory was damaged after its commit)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint manifest ({type(err).__name__}: {err})") from None
+    for name in CHECKPOINT_FILES:
+        file = folder / name
+        size = file.stat().st_size if file.is_file() else None
+        if size != files.get(name):
+            held = "missing" if size is None else f"{size} bytes"
+            raise CheckpointError(f"{file}: {held} but the checkpoint recorded {files.get(name)} bytes (truncated "
+                                  f"or damaged after its commit)")
+    return {"step": step, "files": files}
+
+
+def _train_state(path: Path) -> dict[str, Any]:
+    """A train state written by :func:`save_checkpoint` (always torch's zip format: other bytes are damage,
+    never a legacy pickle to refuse)."""
+    with _existing_file(path).open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (no zip header: damaged)")
+    state = safe_torch_load(path, mmap=False)
+    if not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path}: holds no training step (not a diffsat train state)")
+    return state
+
+
+def _read_step_dir(checkpoint: Checkpoint) -> TrainCheckpoint:
+    _manifest(checkpoint.folder)
+    state = _train_state(checkpoint.file(STATE_FILE))
+    if state["step"] != checkpoint.step:
+        raise CheckpointError(f"{checkpoint.file(STATE_FILE)}: holds step {state['step']}, not the step "
+                              f"{checkpoint.step} its directory names")
+    model, ema = (read_safetensors(checkpoint.file(n)) for n in (MODEL_FILE, EMA_FILE))
+    return TrainCheckpoint(checkpoint, model, ema, state)
+
+
+def _read_old_layout(checkpoint: Checkpoint) -> TrainCheckpoint:
+    """An old-layout checkpoint, after checking that both weight files belong to the train state's step."""
+    state = _train_state(checkpoint.file(STATE_FILE))
+    for name in (MODEL_FILE, EMA_FILE):
+        step = _weights_step(checkpoint.file(name))
+        if step != state["step"]:
+            raise CheckpointError(
+                f"{checkpoint.file(name)}: holds step {step} but {STATE_FILE} holds step {state['step']} "
+                f"(interrupted save?): restore a consistent copy or start a new run")
+    model, ema = (read_safetensors(checkpoint.file(n)) for n in (MODEL_FILE, EMA_FILE))
+    return TrainCheckpoint(Checkpoint(state["step"], checkpoint.folder), model, ema, state)
+
+
+T = TypeVar("T")
+
+
+def _newest_readable(checkpoints: list[Checkpoint], read: Callable[[Checkpoint], T]) -> T:
+    """``read`` of the newest checkpoint it succeeds on; each unreadable newer one is a warning naming the
+    file, and a :class:`CheckpointError` when none is readable."""
+    errors: list[CheckpointError] = []
+    for checkpoint in checkpoints:
+        try:
+            result = read(checkpoint)
+        except CheckpointError as err:
+            errors.append(err)
+            continue
+        for err, skipped in zip(errors, checkpoints):
+            warnings.warn(f"{err}; the checkpoint of step {skipped.step} is skipped, step {checkpoint.step} is "
+                          f"used", stacklevel=3)
+        return result
+    raise errors[0] if len(errors) == 1 else CheckpointError(f"{errors[0]} (and no older checkpoint is readable)")
+
+
+def _weights_step(path: Path) -> int:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except Exception as err:  # safetensors raises several types for corrupt files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def resume_checkpoint(run_dir: str | Path, step: int | None = None) -> TrainCheckpoint:
+    """The checkpoint training resumes from, read whole: the newest committed one that reads (an unreadable
+    newer one is a warning naming its file), the flat files of an old-layout run, or exactly ``step``."""
+    run_dir = Path(run_dir)
+    checkpoints = committed_checkpoints(run_dir)
+    if checkpoints:
+        if step is not None:
+            checkpoints = [c for c in checkpoints if c.step == step]
+            if not checkpoints:
+                raise CheckpointError(f"{step_dir(run_dir, step)}: not found; another process of this run "
+                                      f"committed it (do all ranks see the same run directory?)")
+        return _newest_readable(checkpoints, _read_step_dir)
+    old = _old_layout(run_dir)
+    if old is None:
+        raise CheckpointError(f"{run_dir}: no checkpoint to resume from (no {CHECKPOINTS_DIR}/step-* or "
+                              f"{STATE_FILE}); start without --resume")
+    return _read_old_layout(old)
+
+
+def load_train_state(run_dir: str | Path) -> dict[str, Any]:
+    """The train state (``step``, ``elapsed_s``, ``ema_updates``, ``optimizer``) training would resume from."""
+    return resume_checkpoint(run_dir).state
+
+
+def _run_weights(run_dir: Path, which: Weights, fallback: bool) -> tuple[Path, StateDict]:
+    """The file and tensors of the newest readable checkpoint's ``which`` weights (a step directory's, else
+    the flat run's; the trained weights when ``fallback`` and the run has no EMA file)."""
+    names = {"ema": (EMA_FILE, MODEL_FILE) if fallback else (EMA_FILE,), "model": (MODEL_FILE,)}[which]
+    checkpoints = committed_checkpoints(run_dir)
+    if checkpoints:
+        def read(checkpoint: Checkpoint) -> tuple[Path, StateDict]:
+            _manifest(checkpoint.folder)
+            return checkpoint.file(names[0]), read_safetensors(checkpoint.file(names[0]))
+        return _newest_readable(checkpoints, read)
+    found = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{run_dir}: no {' or '.join(names)} in this run directory")
+    return found, read_checkpoint(found)
+
+
+# ------------------------------------------------------------------------------------------- writing them
+
+
 def _weights_of(module: nn.Module) -> StateDict:
     return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
-def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: dict[str, Any]) -> None:
-    """Write the weights of ``model`` and ``ema`` and the train ``state`` (a dict of tensors and numbers with
-    ``state["step"]``) into ``run_dir``, each file atomically; the weights carry the step in their metadata."""
-    run_dir = Path(run_dir)
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in a nest of dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _io_failure(err: BaseException) -> str:
+    """One line of an OSError / safetensors / torch write error (its first line, errno name included)."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror} [{errno.errorcode.get(err.errno, err.errno)}]"
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _save_error(err: BaseException, path: Path, step: int, needed: int, run_dir: Path) -> CheckpointError:
+    try:
+        free = f"; {_mib(shutil.disk_usage(run_dir).free)} free there"
+    except OSError:
+        free = ""
+    last = (committed_checkpoints(run_dir) or [None])[0] or _old_layout(run_dir)
+    intact = (f"the last committed checkpoint ({last.folder}) is intact, so fix the cause and run "
+              f"diffsat train --resume --out {run_dir}") if last else "no earlier checkpoint exists"
+    return CheckpointError(f"could not write the checkpoint of step {step}: {path}: {_io_failure(err)} (the "
+                           f"checkpoint needs about {_mib(needed)}{free}); training stopped; {intact}")
+
+
+def _write_step_dir(tmp: Path, model: StateDict, ema: StateDict, state: dict[str, Any],
+                    on_file: Callable[[Path], None]) -> None:
+    """Write and fsync the checkpoint files and then the manifest into the new directory ``tmp``;
+    ``on_file`` is told each path before it is written (for error messages)."""
     meta = {"step": str(state["step"]), "format": WEIGHTS_FORMAT}
-    atomic_write(run_dir / MODEL_FILE, lambda p: save_file(_weights_of(model), p, metadata=meta))
-    atomic_write(run_dir / EMA_FILE, lambda p: save_file(_weights_of(ema), p, metadata=meta))
-    atomic_write(run_dir / STATE_FILE, lambda p: torch.save(state, p))
+    tmp.mkdir(parents=True)
+    for name, weights in ((MODEL_FILE, model), (EMA_FILE, ema)):
+        on_file(tmp / name)
+        save_file(weights, str(tmp / name), metadata=meta)
+    on_file(tmp / STATE_FILE)
+    torch.save(state, tmp / STATE_FILE)
+    sizes = {name: (tmp / name).stat().st_size for name in CHECKPOINT_FILES}
+    on_file(tmp / MANIFEST_FILE)
+    manifest = {"format": CHECKPOINT_FORMAT, "step": state["step"], "files": sizes}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    for name in (*CHECKPOINT_FILES, MANIFEST_FILE):
+        fsync_path(tmp / name)
+    fsync_path(tmp)
 
 
-def _weights_step(path: Path) -> int:
-    with safe_open(str(path), framework="pt") as f:
-        return int((f.metadata() or {}).get("step", -1))
+def _remove_dir(folder: Path) -> None:
+    """Delete a directory so that a kill part-way leaves an uncommitted leftover, never half a checkpoint:
+    first renamed to ``NAME.old-<pid>``, then removed."""
+    aside = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    os.rename(folder, aside)
+    shutil.rmtree(aside)
 
 
-def load_train_state(run_dir: str | Path) -> dict[str, Any]:
-    """The train state of the run's latest checkpoint (``weights_only``), after checking that both weight
-    files belong to the same step."""
+def _commit(tmp: Path, final: Path) -> None:
+    """The one atomic step: rename the complete directory ``tmp`` to ``final`` (replacing a checkpoint of
+    the same step, which only an unreadable one set aside can be), then make the rename durable."""
+    if final.exists():
+        _remove_dir(final)
+    os.rename(tmp, final)
+    fsync_path(final.parent)
+
+
+def _link_or_copy(src: Path, dst: str) -> None:
+    """Make ``dst`` a hard link to ``src`` (no space, no time), or a copy where links are not possible."""
+    Path(dst).unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def export_weights(run_dir: str | Path, checkpoint: Checkpoint) -> None:
+    """Make the run's top-level ``model.safetensors`` / ``ema.safetensors`` (what users and other tools read)
+    the weights of ``checkpoint``, each replaced atomically; a flat ``train_state.pt`` of the old layout,
+    now superseded, is removed."""
     run_dir = Path(run_dir)
-    path = run_dir / STATE_FILE
-    if not path.exists():
-        raise CheckpointError(f"{path}: no train state to resume from; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.folder == run_dir:
+        return
     for name in (MODEL_FILE, EMA_FILE):
-        step = _weights_step(run_dir / name)
-        if step != state["step"]:
-            raise CheckpointError(
-                f"{run_dir / name}: holds step {step} but {STATE_FILE} holds step {state['step']} "
-                f"(interrupted save?): restore a consistent copy or start a new run"
-            )
-    return state
+        target = run_dir / name
+        if target.is_file() and os.path.samefile(target, checkpoint.file(name)):
+            continue  # linked already (a rename onto the same file would do nothing and leave the temporary)
+        atomic_write(target, lambda tmp, n=name: _link_or_copy(checkpoint.file(n), tmp))
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
 
 
-def _weights_file(run_dir: Path, which: Weights, fallback: bool) -> Path:
-    """The file of the latest checkpoint's ``which`` weights (the trained weights when ``fallback`` and
-    the run has no EMA file)."""
-    names = {"ema": (EMA_FILE, MODEL_FILE) if fallback else (EMA_FILE,), "model": (MODEL_FILE,)}[which]
-    found = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
-    if found is None:
-        raise CheckpointError(f"{run_dir}: no {' or '.join(names)} in this run directory")
-    return found
+def _prune(run_dir: Path, keep: int) -> None:
+    for old in committed_checkpoints(run_dir)[keep:]:
+        _remove_dir(old.folder)
 
 
-def load_weights_into(module: nn.Module, run_dir: str | Path, which: Weights) -> None:
-    """Copy the ``which`` weights of the run's latest checkpoint into ``module`` (keys and shapes checked)."""
-    path = _weights_file(Path(run_dir), which, fallback=False)
-    load_state_into(module, read_safetensors(path), str(path))
+def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: dict[str, Any],
+                    keep: int = 2) -> Checkpoint:
+    """Write a whole checkpoint and commit it by one atomic rename; then export the weights and keep only the
+    newest ``keep`` checkpoints.
+
+    ``state``: tensors and numbers with ``state["step"]``. The files go into ``checkpoints/step-XXXXXXX.tmp-<pid>``
+    with a manifest of their sizes, are fsync'ed, and the directory is renamed to ``checkpoints/step-XXXXXXX``:
+    a reader sees the whole checkpoint or none of it. Any I/O failure removes the partial directory and is one
+    :class:`CheckpointError` line (the path, the cause, the space the checkpoint needs); the checkpoints
+    committed before stay as they were.
+    """
+    run_dir, step = Path(run_dir), int(state["step"])
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    model_weights, ema_weights = _weights_of(model), _weights_of(ema)
+    needed = _tensor_bytes((model_weights, ema_weights, state))
+    current = [tmp]
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        _write_step_dir(tmp, model_weights, ema_weights, state, current.append)
+        current.append(final)
+        _commit(tmp, final)
+    except (OSError, RuntimeError, SafetensorError) as err:  # torch.save reports write errors as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _save_error(err, current[-1], step, needed, run_dir) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    checkpoint = Checkpoint(step, final)
+    try:
+        export_weights(run_dir, checkpoint)
+        _prune(run_dir, keep)
+    except OSError as err:
+        raise CheckpointError(f"the checkpoint of step {step} is committed in {final}, but updating "
+                              f"{err.filename or run_dir} failed: {_io_failure(err)}; training stopped; fix the "
+                              f"cause and run diffsat train --resume --out {run_dir}") from None
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------------- starting and resuming
+
+
+def remove_uncommitted(run_dir: str | Path) -> list[Path]:
+    """Delete what killed saves left behind: ``checkpoints/step-*.tmp-<pid>`` / ``.old-<pid>`` directories
+    and the temporary files of atomic writes in the run directory and ``samples/``; returns their paths.
+    Only while no process writes into the run."""
+    run_dir = Path(run_dir)
+    folder = run_dir / CHECKPOINTS_DIR
+    leftovers = [p for p in (folder.iterdir() if folder.is_dir() else ()) if _UNCOMMITTED.fullmatch(p.name)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return leftovers + remove_stray_tmp_files(run_dir) + remove_stray_tmp_files(run_dir / SAMPLES_DIR)
+
+
+def set_aside_newer(run_dir: str | Path, resumed: Checkpoint) -> list[Path]:
+    """Rename the committed checkpoints newer than ``resumed`` (those that did not read) to
+    ``step-XXXXXXX.unreadable``, kept for inspection, so the resumed run's saves succeed them; returns the
+    new paths."""
+    moved = []
+    for checkpoint in committed_checkpoints(run_dir):
+        if checkpoint.step > resumed.step:
+            target = checkpoint.folder.with_name(f"{checkpoint.folder.name}.unreadable")
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(checkpoint.folder, target)
+            moved.append(target)
+    return moved
+
+
+def check_fresh_start(run_dir: str | Path) -> None:
+    """Refuse to start a new run over one that holds a checkpoint (it would mix the two runs' checkpoints)."""
+    run_dir = Path(run_dir)
+    held = (committed_checkpoints(run_dir) or [None])[0] or _old_layout(run_dir)
+    if held is not None:
+        raise CheckpointError(f"{run_dir} already holds a training checkpoint ({held.folder}): continue it with "
+                              f"--resume, or train into another --out")
 
 
 # ------------------------------------------------------------------------------------------------ schedules
@@ -414,17 +736,18 @@ def load_model(checkpoint: str | Path, config: Config | str | Path | None = None
     """Load a diffsat run directory, a DDPM-CD/SR3 ``.pth``, or a bare ``.safetensors`` as our ``SR3UNet``.
 
     ``checkpoint``: a run directory (its latest checkpoint's EMA weights, or the trained weights when
-    ``ema=False`` or when it has no EMA file) or a weights file, which needs ``config`` (a :class:`Config`,
+    ``ema=False`` or when it has no EMA file; an unreadable newest checkpoint is a warning and the one before
+    it is read) or a weights file, which needs ``config`` (a :class:`Config`,
     our JSON, a DDPM-CD JSON or a run directory). The schedule comes from the file's buffers when present
     (a mismatch with the config is warned about), else from the config.
     """
     path = Path(checkpoint)
     if path.is_dir():
         cfg = _resolve_config(config if config is not None else path, path)
-        weights_path = _weights_file(path, "ema" if ema else "model", fallback=True)
+        weights_path, tensors = _run_weights(path, "ema" if ema else "model", fallback=True)
         schedule_file = path / SCHEDULE_FILE
         buffers = read_checkpoint(schedule_file) if schedule_file.is_file() else {}
-        weights, _ = to_our_keys(read_checkpoint(weights_path))
+        weights, _ = to_our_keys(tensors)
         which = "ema" if weights_path.name == EMA_FILE else "model"
         source = str(weights_path)
     else:

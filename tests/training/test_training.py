@@ -2,6 +2,7 @@
 
 import functools
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,8 @@ def test_loss_falls_on_real_digits(tmp_path: Path, digits: ImageDataset) -> None
     metrics = read_metrics(tmp_path / "run")
     assert metrics["step"].tolist() == list(range(10, 81, 10))
     assert bool((metrics["images_per_s"] > 0).all()) and bool((metrics["gflops"] > 0).all())
-    for name in ("config.json", "model.safetensors", "ema.safetensors", "train_state.pt", "loss.png",
-                 "samples/final.png"):
+    for name in ("config.json", "model.safetensors", "ema.safetensors", "checkpoints/step-0000080/train_state.pt",
+                 "checkpoints/step-0000080/checkpoint.json", "loss.png", "samples/final.png"):
         assert (tmp_path / "run" / name).is_file(), name
 
 
@@ -76,16 +77,44 @@ def test_checkpoint_round_trip_and_atomic_files(tmp_path: Path, digits: ImageDat
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_inconsistent_checkpoint_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
+def flatten_to_old_layout(run_dir: Path) -> None:
+    """Turn a run into the flat layout written before step directories (train_state.pt beside the weights)."""
+    newest = rundir.committed_checkpoints(run_dir)[0]
+    for name in ("model.safetensors", "ema.safetensors", "train_state.pt"):
+        shutil.copyfile(newest.file(name), run_dir / name)
+    shutil.rmtree(run_dir / "checkpoints")
+
+
+def test_old_layout_resumes_and_moves_to_step_directories(tmp_path: Path, digits: ImageDataset) -> None:
+    Trainer(tiny(train={"max_steps": 3}), tmp_path / "old", dataset=digits).run(progress=False)
+    flatten_to_old_layout(tmp_path / "old")
+    Trainer(tiny(), tmp_path / "old", resume=True, dataset=digits).run(progress=False)
+    Trainer(tiny(), tmp_path / "new", dataset=digits).run(progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(tmp_path / "old" / name), load_file(tmp_path / "new" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert [c.step for c in rundir.committed_checkpoints(tmp_path / "old")] == [6]
+    assert not (tmp_path / "old" / "train_state.pt").exists()  # the flat state is superseded
+
+
+def test_inconsistent_old_layout_checkpoint_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
     Trainer(tiny(), tmp_path, dataset=digits).run(progress=False)
     Trainer(tiny(train={"max_steps": 9}), tmp_path / "other", dataset=digits).run(progress=False)
+    flatten_to_old_layout(tmp_path)
     (tmp_path / "ema.safetensors").write_bytes((tmp_path / "other" / "ema.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="holds step 9 but train_state.pt holds step 6"):
         Trainer(tiny(), tmp_path, resume=True, dataset=digits)
 
 
+def test_a_new_run_never_overwrites_a_run_with_checkpoints(tmp_path: Path, digits: ImageDataset) -> None:
+    Trainer(tiny(train={"max_steps": 2}), tmp_path, dataset=digits).run(progress=False)
+    with pytest.raises(CheckpointError, match=r"already holds a training checkpoint \(.*step-0000002\): continue "
+                                              r"it with --resume"):
+        Trainer(tiny(), tmp_path, dataset=digits)
+
+
 def test_resume_without_checkpoint_and_wrong_shape(tmp_path: Path, digits: ImageDataset) -> None:
-    with pytest.raises(CheckpointError, match="no train state to resume from"):
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         Trainer(tiny(), tmp_path / "empty", resume=True, dataset=digits)
     Trainer(tiny(), tmp_path / "run", dataset=digits).run(progress=False)
     wider = tiny(model={"base_channels": 16})

@@ -47,6 +47,14 @@ class DistContext:
         dist.all_reduce(value)
         return float(value) == 0.0
 
+    def broadcast_from_main(self, value: int) -> int:
+        """Rank 0's ``value`` on every rank (a collective: all ranks must call it)."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -27,7 +27,7 @@ from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
-from ..errors import DiffsatError, TrainingDivergedError
+from ..errors import CheckpointError, DiffsatError, TrainingDivergedError
 from ..evaluation.during_training import make_training_evaluator
 from ..models.unet import build_unet
 from ..precision import auto_bf16
@@ -151,8 +151,11 @@ class Trainer:
         self.schedule = NoiseSchedule.from_config(config.diffusion)
         self.loss_fn = DiffusionLoss.from_config(config.diffusion, self.schedule)
         self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
+        self.saved_step: int | None = None  # the step of the last checkpoint committed or resumed from
         if resume:
             self._resume()
+        else:
+            self._start_afresh()
         net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
         self.net = compiled_for_training(net, self.device) if tc.compile else net
         self.metrics: MetricsLog | None = None
@@ -181,24 +184,72 @@ class Trainer:
     def global_batch(self) -> int:
         return self.config.train.batch_size * self.dist.world_size
 
+    def _start_afresh(self) -> None:
+        """Refuse a run directory that holds checkpoints (every rank); rank 0 clears leftovers of killed saves."""
+        rundir.check_fresh_start(self.run_dir)
+        if self.dist.is_main:
+            rundir.remove_uncommitted(self.run_dir)
+
+    def _tidy_for_resume(self, found: rundir.Checkpoint) -> None:
+        """Rank 0: remove leftovers of killed saves, set aside newer checkpoints that did not read, export the
+        resumed weights, and say in one line where training resumes."""
+        removed = rundir.remove_uncommitted(self.run_dir)
+        set_aside = rundir.set_aside_newer(self.run_dir, found)
+        rundir.export_weights(self.run_dir, found)
+        notes = [f"removed {len(removed)} leftover(s) of an interrupted save"] if removed else []
+        notes += [f"set aside the unreadable {p}" for p in set_aside]
+        print("; ".join([f"resuming {self.run_dir} from step {found.step} ({found.folder})", *notes]), flush=True)
+
     def _resume(self) -> None:
-        state = rundir.load_train_state(self.run_dir)
-        rundir.load_weights_into(self.model, self.run_dir, "model")
-        rundir.load_weights_into(self.ema.model, self.run_dir, "ema")
+        """Load the newest readable checkpoint: rank 0 chooses it, the other ranks load the same step."""
+        found, error = None, None
+        if self.dist.is_main:
+            try:
+                found = rundir.resume_checkpoint(self.run_dir)
+                self._tidy_for_resume(found.checkpoint)
+            except DiffsatError as err:
+                error = err
+        step = self.dist.broadcast_from_main(found.checkpoint.step if found is not None else -1)
+        if error is not None:
+            raise error
+        if step < 0:
+            raise CheckpointError(f"{self.run_dir}: rank 0 found no checkpoint to resume from (its message says why)")
+        if found is None:
+            found = rundir.resume_checkpoint(self.run_dir, step)
+        for module, weights, name in ((self.model, found.model, rundir.MODEL_FILE),
+                                      (self.ema.model, found.ema, rundir.EMA_FILE)):
+            rundir.load_state_into(module, weights, str(found.checkpoint.file(name)))
+        state = found.state
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_s, self.ema.updates = state["step"], state["elapsed_s"], state["ema_updates"]
+        self.saved_step = self.step
 
-    def save(self) -> None:
-        """Write model, EMA and train state atomically (rank 0 only; every rank holds the same weights)."""
-        if not self.dist.is_main:
+    def save(self, wait: bool = True) -> None:
+        """Commit a checkpoint of the current step (model, EMA, optimiser and train state), unless this step
+        is saved already. Rank 0 writes it (every rank holds the same weights); with ``wait`` every rank
+        waits for the commit, so all stop when rank 0 could not write it (a collective then)."""
+        if self.saved_step == self.step:
             return
-        state = {
-            "step": self.step,
-            "elapsed_s": self.elapsed_s,
-            "ema_updates": self.ema.updates,
-            "optimizer": self.optimizer.state_dict(),
-        }
-        rundir.save_checkpoint(self.run_dir, self.model, self.ema.model, state)
+        error = None
+        if self.dist.is_main:
+            state = {
+                "step": self.step,
+                "elapsed_s": self.elapsed_s,
+                "ema_updates": self.ema.updates,
+                "optimizer": self.optimizer.state_dict(),
+            }
+            try:
+                rundir.save_checkpoint(self.run_dir, self.model, self.ema.model, state,
+                                       keep=self.config.train.keep_checkpoints)
+            except CheckpointError as err:
+                error = err
+        committed = self.dist.all_true(error is None) if wait else error is None
+        if error is not None:
+            raise error
+        if not committed:
+            raise CheckpointError(f"rank 0 could not write the checkpoint of step {self.step} (its message says "
+                                  f"why); training stopped")
+        self.saved_step = self.step
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's images of the current step, cropped and augmented: (B, C, S, S) float32 in [-1, 1],
@@ -282,7 +333,7 @@ class Trainer:
         return self.evaluator(self.ema_samples(self.config.train.eval_samples))
 
     def _periodic(self, grad_norm: float, log: "_LogWindow", bar: tqdm) -> None:
-        """Logging, sample grids, evaluation and checkpoints due after the step just taken (rank 0)."""
+        """Logging, sample grids and evaluation due after the step just taken (rank 0)."""
         tc = self.config.train
         if self.step % tc.log_every == 0:
             lr = self.optimizer.param_groups[0]["lr"]
@@ -293,8 +344,6 @@ class Trainer:
             self.log({"step": self.step, **self.evaluate()})
         if self.step % tc.sample_every == 0:
             self.sample_grid(rundir.grid_path(self.run_dir, self.step))
-        if self.step % tc.save_every == 0:
-            self.save()
 
     def run(self, progress: bool = True) -> TrainResult:
         """Train until ``max_steps`` or ``time_limit_minutes`` of step time; save, plot, and return a summary.
@@ -326,8 +375,10 @@ class Trainer:
                 bar.update(1)
                 if main:
                     self._periodic(grad_norm, log, bar)
+                if self.step % tc.save_every == 0:
+                    self.save()
         except KeyboardInterrupt:
-            self.save()
+            self.save(wait=False)  # ranks may be interrupted at different points: no collective here
             raise
         finally:
             bar.close()
