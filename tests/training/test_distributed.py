@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from diffsat.config import parse_config
+from diffsat.rundir import committed_checkpoints
 from diffsat.training.loop import Trainer
 
 TINY = tiny_config(
@@ -59,25 +61,46 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, confi
 
 
 def _weights_rank(rank: int, world: int, port: int, config: dict, out: str) -> None:
-    """Each rank trains and saves the weights it holds (bypassing rank-0-only checkpoints)."""
+    """Each rank trains, noting after each checkpoint whether it sees that checkpoint committed (rank 0
+    commits slowly), saves the weights it holds, and resumes the run again."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DIFFSAT_OFFLINE="1")
+    from diffsat import rundir
     from diffsat.training.distributed import setup, teardown
 
+    if rank == 0:
+        real_commit = rundir._commit
+        rundir._commit = lambda tmp, final: (time.sleep(0.5), real_commit(tmp, final))
     dist = setup("cpu")
     trainer = Trainer(parse_config(config), Path(out) / "run", dist=dist)
+    seen, real_save = [], trainer.save
+
+    def save(wait: bool = True) -> None:
+        real_save(wait)
+        seen.append([trainer.step, rundir.step_dir(trainer.run_dir, trainer.step).is_dir()])
+
+    trainer.save = save
     trainer.run(progress=False)
     torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
     torch.save(trainer.ema.model.state_dict(), Path(out) / f"ema{rank}.pt")
+    resumed = Trainer(parse_config(config), Path(out) / "run", resume=True, dist=dist)
+    same = all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), trainer.model.state_dict().values()))
+    (Path(out) / f"seen{rank}.json").write_text(json.dumps({"saves": seen, "resumed": [resumed.step, same]}))
     teardown(dist)
 
 
-def test_ranks_hold_identical_weights(tmp_path: Path) -> None:
-    mp.spawn(_weights_rank, args=(2, free_port(), TINY, str(tmp_path)), nprocs=2, join=True)
+def test_ranks_hold_identical_weights_and_wait_for_rank_0s_commit(tmp_path: Path) -> None:
+    config = json.loads(json.dumps(TINY))
+    config["train"]["save_every"] = 2
+    mp.spawn(_weights_rank, args=(2, free_port(), config, str(tmp_path)), nprocs=2, join=True)
     for prefix in ("rank", "ema"):
         a = torch.load(tmp_path / f"{prefix}0.pt", weights_only=True)
         b = torch.load(tmp_path / f"{prefix}1.pt", weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a), prefix
+    for rank in (0, 1):  # every rank goes on only once the checkpoint is committed, and resumes the same step
+        seen = json.loads((tmp_path / f"seen{rank}.json").read_text())
+        assert seen == {"saves": [[2, True], [4, True], [5, True]], "resumed": [5, True]}, rank
+    assert [c.step for c in committed_checkpoints(tmp_path / "run")] == [5, 4]
 
 
 def test_torchrun_command_line(tmp_path: Path) -> None:
