@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,22 +227,25 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "--set",
+                    sections: Iterable[str] | None = None) -> dict[str, Any]:
     """Apply ``section.key=value`` strings to a config dict (values parsed as JSON, else strings).
+    ``sections``: the valid section names (default: those of :class:`Config`).
 
     >>> apply_overrides({"train": {"lr": 1e-4}}, ["train.lr=3e-4"])["train"]["lr"]
     0.0003
     """
     out = json.loads(json.dumps(data))
+    known = tuple(Config.model_fields if sections is None else sections)
     for item in overrides:
         key, sep, value = item.partition("=")
         parts = key.strip().split(".")
         if not sep or len(parts) != 2 or not all(parts):
             raise ConfigError(f"{source} '{item}': expected section.key=value, e.g. train.lr=3e-4")
         section, name = parts
-        if section not in Config.model_fields:
+        if section not in known:
             raise ConfigError(
-                f"{source} '{item}': unknown section '{section}' (one of {', '.join(Config.model_fields)})"
+                f"{source} '{item}': unknown section '{section}' (one of {', '.join(known)})"
             )
         out.setdefault(section, {})[name] = _parse_value(value)
     return out

@@ -256,18 +256,26 @@ def build_report(run_dir: str | Path, metrics_files: Sequence[str | Path] = (),
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     metrics = read_metrics(run_dir)
-    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = [f"<h1>diffsat run: {esc(run_dir.resolve().name)}</h1>",
-            f'<p class="note">{esc(run_dir.resolve())} · report written {esc(when)} by diffsat {esc(__version__)}</p>',
-            metrics_section(metrics), curves_section(run_dir, metrics), samples_section(run_dir, max_grids)]
+    body = [run_heading(run_dir), metrics_section(metrics), curves_section(run_dir, metrics), samples_section(run_dir, max_grids)]
     if metrics_files:
         body.append("<h2>Evaluation</h2>" + "".join(evaluation_section(Path(p)) for p in metrics_files))
     if figures:
         body.append("<h2>Figures</h2>" + "".join(figure(Path(p), Path(p).name) for p in figures))
     body.append(config_section(run_dir))
-    title = esc(f"diffsat run report: {run_dir.resolve().name}")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+    return document(f"diffsat run report: {run_dir.resolve().name}", body)
+
+
+def document(title: str, body: Sequence[str]) -> str:
+    """A self-contained HTML page: ``title`` (escaped here) and the already-escaped HTML ``body`` parts."""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def run_heading(run_dir: Path, what: str = "diffsat run") -> str:
+    """The report's title line and a note naming the run directory, the time and the diffsat version."""
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<h1>{esc(what)}: {esc(run_dir.resolve().name)}</h1>"
+            f'<p class="note">{esc(run_dir.resolve())} · report written {esc(when)} by diffsat {esc(__version__)}</p>')
 
 
 def write_report(run_dir: str | Path, metrics_files: Sequence[str | Path] = (), figures: Sequence[str | Path] = (),
