@@ -83,7 +83,7 @@ def _up(channels: int) -> nn.ConvTranspose2d:
 
 class FCSiamDiff(nn.Module):
     """``forward(before, after) -> logits (B, 2, H, W)``; inputs ``(B, C, H, W)`` in [-1, 1], H and W
-    multiples of 8."""
+    multiples of 16 (four poolings)."""
 
     WIDTHS = (16, 32, 64, 128)
     DEPTHS = (2, 2, 3, 3)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import resolve_device
 from .config import CDConfig
 from .cva import cva
 from .features import FeatureCache, FeatureExtractor, image_noise, load_backbone
@@ -41,9 +42,10 @@ class ImageMethod:
     def __init__(self, cfg: CDConfig) -> None:
         self.cfg = cfg
         torch.manual_seed(cfg.train.seed)  # the initial weights
-        self.net: nn.Module = FCSiamDiff(3)
+        self.device = resolve_device(cfg.train.device)
+        self.net: nn.Module = FCSiamDiff(3).to(self.device)
         self.factors = {"A": 1, "B": 1}
-        self.align = 8
+        self.align = 16
 
     def sample(self, pair: Pair) -> Sample:
         return {"A": to_model_range(pair.before), "B": to_model_range(pair.after)}
@@ -53,7 +55,7 @@ class ImageMethod:
         return self.net(batch["A"], batch["B"])
 
     def window_logits(self, before: torch.Tensor, after: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.net(before[None], after[None])[0]
+        return self.net(before[None].to(self.device), after[None].to(self.device))[0].cpu()
 
 
 class FeatureHeadMethod:
@@ -63,11 +65,15 @@ class FeatureHeadMethod:
 
     def __init__(self, cfg: CDConfig, cache_dir: Path | None) -> None:
         self.cfg = cfg
-        self.extractor = FeatureExtractor(load_backbone(cfg.features), cfg.features)
+        self.device = resolve_device(cfg.train.device)
+        backbone = load_backbone(cfg.features)
+        backbone.net.to(self.device)
+        self.extractor = FeatureExtractor(backbone, cfg.features)
         self.cache = FeatureCache(self.extractor, cache_dir)
         scales = self.extractor.scales
         torch.manual_seed(cfg.train.seed)
-        self.net = DDPMCDHead([s.channels for s in scales], len(self.extractor.levels), cfg.head.classifier_channels)
+        self.net = DDPMCDHead([s.channels for s in scales], len(self.extractor.levels),
+                              cfg.head.classifier_channels).to(self.device)
         self.factors = {f"{side}.{s.name}": s.factor for s in scales for side in "AB"}
         self.align = max(self.extractor.align, max(s.factor for s in scales))
 
@@ -88,7 +94,7 @@ class FeatureHeadMethod:
 
     def window_logits(self, before: torch.Tensor, after: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         feats = self.cache.features(before, after, noise)
-        return self.logits({k: v[None] for k, v in feats.items()})[0]
+        return self.logits({k: v[None].to(self.device) for k, v in feats.items()})[0].cpu()
 
 
 Method = ImageMethod | FeatureHeadMethod

@@ -175,6 +175,8 @@ def load_pairs(sources: tuple[PairSource, ...] | list[PairSource], need_labels: 
         for name in names:
             try:
                 pairs.append(read_pair(base, name, need_labels))
+            except DataError:  # a ValueError, as some decode errors are: not an unreadable file
+                raise
             except DECODE_ERRORS as err:
                 path = base / "A" / name
                 unreadable.append(path)

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ..data.dataset import DataError
@@ -74,6 +75,8 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
     from .report import write_cd_report
 
     run_dir = Path(run_dir)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     if not resume and (run_dir / STATE_FILE).is_file():
         raise DataError(f"{run_dir}: already holds a trained run; continue it with --resume or choose another --out")
     train = _load_split(cfg.data.train, "training pairs")

@@ -66,8 +66,7 @@ class HeadTrainer:
         self.samples = [method.sample(p) for p in tqdm(pairs, desc=f"{method.name}: samples", disable=not progress)]
         self.labels = [torch.from_numpy(p.label).long() for p in pairs]
         self.optimizer = torch.optim.AdamW(method.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-        weight = None if tc.change_weight is None else torch.tensor([1.0, tc.change_weight])
-        self.weight = weight
+        self.weight = None if tc.change_weight is None else torch.tensor([1.0, tc.change_weight], device=method.device)
         self.step, self.cpu_s, self.best_f1, self.best_step = 0, 0.0, -1.0, -1
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -108,7 +107,8 @@ class HeadTrainer:
             for key, factor in m.factors.items():
                 parts[key].append(apply_crop(self.samples[i][key], crop, factor))
             labels.append(apply_crop(self.labels[i], crop))
-        return {k: torch.stack(v) for k, v in parts.items()}, torch.stack(labels)
+        device = m.device
+        return {k: torch.stack(v).to(device) for k, v in parts.items()}, torch.stack(labels).to(device)
 
     def train_step(self) -> float:
         batch, labels = self.batch()

@@ -1,0 +1,32 @@
+import pytest
+import torch
+from torch import nn
+
+from diffsat.cd.window import kept_span, pad_to, padded_size, stitch, window_starts
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (70, 45), (24, 24)])
+def test_stitching_reproduces_the_whole_image_prediction_of_a_convolutional_head(height: int, width: int) -> None:
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 5, padding=2), nn.ReLU(),
+                         nn.Conv2d(8, 2, 3, padding=1))  # receptive radius 1 + 2 + 1 = 4
+    image = torch.randn(3, height, width)
+    with torch.no_grad():
+        whole = head(image[None])[0]
+        tiled = stitch(lambda y, x: head(image[None, :, y : y + 24, x : x + 24])[0], height, width, 24, 4)
+    assert torch.allclose(tiled, whole, atol=1e-6)
+
+
+def test_windows_cover_every_pixel_once_in_order() -> None:
+    for length in (32, 33, 57, 100):
+        starts = window_starts(length, 32, 6)
+        spans = [kept_span(s, length, 32, 6) for s in starts]
+        assert spans[0][0] == 0 and spans[-1][1] == length and starts[-1] == length - 32
+        assert all(a[1] >= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_padding_to_the_window_and_alignment() -> None:
+    assert padded_size(30, 70, 32, 8) == (32, 72)
+    x = torch.arange(12.0).reshape(1, 3, 4)
+    padded = pad_to(x, 9, 5)
+    assert padded.shape == (1, 9, 5) and torch.equal(padded[:, :3, :4], x)
