@@ -17,9 +17,10 @@ def write(tmp_path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.json") if "cd" not in json.loads(p.read_text())),
+                         ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    assert isinstance(load_config(path), Config)
+    assert isinstance(load_config(path), Config)  # change-detection configs ({"cd": ...}): tests/cd
 
 
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:

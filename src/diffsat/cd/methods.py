@@ -21,7 +21,7 @@ from torch import nn
 from ..runtime import resolve_device
 from .config import CDConfig
 from .cva import cva
-from .features import FeatureCache, FeatureExtractor, image_noise, load_backbone
+from .features import Backbone, FeatureCache, FeatureExtractor, image_noise, load_backbone
 from .heads import DDPMCDHead, FCSiamDiff
 from .pairs import Pair
 from .window import pad_to, padded_size, stitch
@@ -63,10 +63,11 @@ class FeatureHeadMethod:
 
     name = "ddpmcd"
 
-    def __init__(self, cfg: CDConfig, cache_dir: Path | None) -> None:
+    def __init__(self, cfg: CDConfig, cache_dir: Path | None, backbone: Backbone | None = None) -> None:
+        """``backbone``: an already loaded one (e.g. random weights for a timing); default ``features.backbone``."""
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
-        backbone = load_backbone(cfg.features)
+        backbone = backbone or load_backbone(cfg.features)
         backbone.net.to(self.device)
         self.extractor = FeatureExtractor(backbone, cfg.features)
         self.cache = FeatureCache(self.extractor, cache_dir)
