@@ -256,7 +256,8 @@ def build_report(run_dir: str | Path, metrics_files: Sequence[str | Path] = (),
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     metrics = read_metrics(run_dir)
-    body = [run_heading(run_dir), metrics_section(metrics), curves_section(run_dir, metrics), samples_section(run_dir, max_grids)]
+    body = [run_heading(run_dir), metrics_section(metrics), curves_section(run_dir, metrics),
+            samples_section(run_dir, max_grids)]
     if metrics_files:
         body.append("<h2>Evaluation</h2>" + "".join(evaluation_section(Path(p)) for p in metrics_files))
     if figures:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cd_fixtures import tiny_backbone  # noqa: F401  (fixture)
 from diffsat.cd.config import DDPMCD_FEAT_SCALES, FeatureConfig, load_cd_config
 from diffsat.cd.features import (
     FeatureCache,

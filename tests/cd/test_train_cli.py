@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from cd_fixtures import cd_config, make_pairs, write_config
+from cd_fixtures import cd_config, make_pairs, tiny_backbone, write_config  # noqa: F401  (fixture)
 from diffsat.cd import load_cd_config, train_cd
 from diffsat.cd.config import parse_cd_config
 from diffsat.cli import main

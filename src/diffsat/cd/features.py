@@ -28,6 +28,7 @@ from ..diffusion.schedules import NoiseSchedule
 from ..errors import DiffsatError
 from ..fileio import atomic_write, sha256_file
 from ..models.unet import ResnetBlockWithAttn, SR3UNet
+from ..rundir import EMA_FILE, MODEL_FILE, load_model, run_file
 from .config import FeatureConfig
 
 
@@ -57,20 +58,15 @@ class Backbone:
 
 def load_backbone(cfg: FeatureConfig) -> Backbone:
     """The backbone of ``cfg`` (a diffsat run or a DDPM-CD checkpoint + config) through ``diffsat.load_model``."""
-    from .. import load_model
-    from ..training.checkpoint import EMA_FILE, MODEL_FILE
-
     if cfg.backbone is None:
         raise FeatureError("features.backbone is not set: give a diffsat run directory or a DDPM-CD checkpoint")
     path = Path(cfg.backbone).expanduser()
-    net = load_model(path, cfg.backbone_config, ema=cfg.ema)
-    weights = path
-    if path.is_dir():
-        names = (EMA_FILE, MODEL_FILE) if cfg.ema else (MODEL_FILE,)
-        weights = next(path / n for n in names if (path / n).is_file())
+    loaded = load_model(path, cfg.backbone_config, ema=cfg.ema)
+    weights = run_file(path, {"ema": EMA_FILE, "model": MODEL_FILE}[loaded.weights]) if path.is_dir() else path
+    net = loaded.network
     for p in net.parameters():
         p.requires_grad_(False)
-    return Backbone(net, net.diffsat_schedule, sha256_file(weights), str(path))
+    return Backbone(net, loaded.schedule, sha256_file(weights), str(path))
 
 
 def resolve_levels(cfg: FeatureConfig, schedule: NoiseSchedule) -> tuple[float, ...]:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..fileio import atomic_write_text
 from ..plots import plot_loss_curve
-from ..report import config_section, document, figure, fmt, metrics_section, run_heading, table
+from ..evaluation.results import fmt
+from ..report import config_section, document, figure, metrics_section, run_heading, table
 from ..training.metrics import read_metrics
 
 MAX_FIGURES = 8

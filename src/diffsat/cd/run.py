@@ -26,7 +26,7 @@ from ..data.dataset import DataError
 from ..data.folder import IMAGE_SUFFIXES
 from ..data.tiles import DECODE_ERRORS
 from ..fileio import atomic_write_text
-from ..training.checkpoint import CONFIG_FILE, STATE_FILE
+from ..rundir import CONFIG_FILE, STATE_FILE
 from .config import CDConfig, PairSource, load_cd_config, save_cd_config
 from .methods import Method, build_method, predict_pair
 from .metrics import Accumulator

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from ..training.checkpoint import MODEL_FILE, STATE_FILE, load_into
+from ..rundir import MODEL_FILE, STATE_FILE, load_state_into, read_safetensors
 from ..training.loop import batch_indices, step_seed
 from ..training.metrics import MetricsLog
 from .metrics import Accumulator
@@ -87,7 +87,7 @@ class HeadTrainer:
         if not path.is_file():
             raise CheckpointError(f"{path}: no train state to resume from; start without --resume")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        load_into(self.method.net, self.run_dir / MODEL_FILE)
+        load_head(self.method.net, self.run_dir / MODEL_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.cpu_s = state["step"], state["cpu_s"]
         self.best_f1, self.best_step = state["best_f1"], state["best_step"]
@@ -172,6 +172,11 @@ class HeadTrainer:
             self.save()
 
 
+def load_head(net: torch.nn.Module, path: Path) -> None:
+    """Head weights from a safetensors file (keys and shapes checked)."""
+    load_state_into(net, read_safetensors(path), str(path))
+
+
 def load_best(method: Method, run_dir: Path, last: bool = False) -> None:
     """Load the run's best (or ``last``) head weights into ``method.net``."""
-    load_into(method.net, Path(run_dir) / (MODEL_FILE if last else BEST_FILE))
+    load_head(method.net, Path(run_dir) / (MODEL_FILE if last else BEST_FILE))
