@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import to_unit_range
 from ..runtime import resolve_device
 from .config import CDConfig
 from .cva import cva
@@ -27,11 +28,6 @@ from .pairs import Pair
 from .window import pad_to, padded_size, stitch
 
 Sample = dict[str, torch.Tensor]
-
-
-def to_model_range(image: np.ndarray) -> torch.Tensor:
-    """uint8 ``(C, H, W)`` -> float32 in [-1, 1]."""
-    return torch.from_numpy(image).float().div(127.5).sub(1.0)
 
 
 class ImageMethod:
@@ -48,7 +44,7 @@ class ImageMethod:
         self.align = 16
 
     def sample(self, pair: Pair) -> Sample:
-        return {"A": to_model_range(pair.before), "B": to_model_range(pair.after)}
+        return {"A": to_unit_range(pair.before), "B": to_unit_range(pair.after)}
 
     def logits(self, batch: Sample) -> torch.Tensor:
         """``batch["A"]``, ``batch["B"]``: ``(B, 3, S, S)`` -> ``(B, 2, S, S)``."""
@@ -82,7 +78,7 @@ class FeatureHeadMethod:
         """The pair's features (its sides multiples of :attr:`align`: see :func:`aligned`)."""
         h, w = pair.size
         noise = image_noise(h, w, self.cfg.features.seed)
-        return self.cache.features(to_model_range(pair.before), to_model_range(pair.after), noise)
+        return self.cache.features(to_unit_range(pair.before), to_unit_range(pair.after), noise)
 
     def logits(self, batch: Sample) -> torch.Tensor:
         """Feature maps ``(B, levels * C, S/f, S/f)`` per scale -> ``(B, 2, S, S)`` (upsampled from the finest)."""
@@ -122,7 +118,7 @@ def change_probability(method: Method, pair: Pair) -> np.ndarray:
     h, w = pair.size
     ph, pw = padded_size(h, w, data.window, method.align)
     window = -(-data.window // method.align) * method.align
-    before, after = pad_to(to_model_range(pair.before), ph, pw), pad_to(to_model_range(pair.after), ph, pw)
+    before, after = pad_to(to_unit_range(pair.before), ph, pw), pad_to(to_unit_range(pair.after), ph, pw)
     noise = image_noise(ph, pw, method.cfg.features.seed)
     method.net.eval()
 

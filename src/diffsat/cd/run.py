@@ -18,7 +18,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -165,7 +164,3 @@ def summary_line(name: str, result: dict) -> str:
     """E.g. ``ddpmcd: change-F1 0.812, IoU 0.683, OA 0.951, kappa 0.78 (7 pairs)``."""
     return (f"{name}: change-F1 {result['f1']:.3f}, IoU {result['iou']:.3f}, OA {result['oa']:.3f}, "
             f"kappa {result['kappa']:.3f} ({result['pairs']} pairs)")
-
-
-def mean_or_nan(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
