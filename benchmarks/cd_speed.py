@@ -66,12 +66,13 @@ def main() -> None:
     p.add_argument("--run", help="cpu1024: a trained `diffsat cd train` run (its config and best head)")
     p.add_argument("--pairs", type=int, default=2, help="timed repetitions")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="cpu1024: cd config override")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.case == "cpu1024":
-        overrides = [f"features.backbone={args.backbone}"] if args.backbone else []
+        overrides = ([f"features.backbone={args.backbone}"] if args.backbone else []) + args.overrides
         cfg = load_cd_config(args.run or ROOT / "configs" / "cd_levir_cpu.json", overrides)
         method = FeatureHeadMethod(cfg, None)
         if args.run:
