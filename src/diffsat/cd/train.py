@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from ..rundir import MODEL_FILE, STATE_FILE, load_state_into, read_safetensors
+from ..rundir import MODEL_FILE, STATE_FILE, load_state_into, read_safetensors, safe_torch_load
 from ..training.loop import batch_indices, step_seed
 from ..training.metrics import MetricsLog
 from .metrics import Accumulator
@@ -42,8 +42,10 @@ class TrainSummary:
     stopped_by: str
 
 
-def _weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+def save_head(net: torch.nn.Module, path: Path, meta: dict[str, str] | None = None) -> None:
+    """``net``'s weights to ``path`` as safetensors (with string metadata ``meta``), atomically."""
+    weights = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda p: save_file(weights, p, metadata=meta))
 
 
 def validation_f1(method: Method, pairs: list[Pair]) -> float:
@@ -77,7 +79,7 @@ class HeadTrainer:
 
     def save(self) -> None:
         meta = {"step": str(self.step), "format": "diffsat-cd-head-v1", "method": self.method.name}
-        atomic_write(self.run_dir / MODEL_FILE, lambda p: save_file(_weights(self.method.net), p, metadata=meta))
+        save_head(self.method.net, self.run_dir / MODEL_FILE, meta)
         state = {"step": self.step, "cpu_s": self.cpu_s, "best_f1": self.best_f1, "best_step": self.best_step,
                  "optimizer": self.optimizer.state_dict()}
         atomic_write(self.run_dir / STATE_FILE, lambda p: torch.save(state, p))
@@ -86,7 +88,7 @@ class HeadTrainer:
         path = self.run_dir / STATE_FILE
         if not path.is_file():
             raise CheckpointError(f"{path}: no train state to resume from; start without --resume")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path)
         load_head(self.method.net, self.run_dir / MODEL_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.cpu_s = state["step"], state["cpu_s"]
@@ -129,7 +131,7 @@ class HeadTrainer:
         if f1 > self.best_f1:
             self.best_f1, self.best_step = f1, self.step
             meta = {"step": str(self.step), "val_f1": repr(f1), "method": self.method.name}
-            atomic_write(self.run_dir / BEST_FILE, lambda p: save_file(_weights(self.method.net), p, metadata=meta))
+            save_head(self.method.net, self.run_dir / BEST_FILE, meta)
 
     def run(self) -> TrainSummary:
         """Train to ``train.max_steps`` or ``train.cpu_minutes``; evaluate, save and return a summary."""
@@ -156,7 +158,7 @@ class HeadTrainer:
         if self.step % tc.eval_every or self.best_step < 0:
             self.evaluate()
         if self.best_step < 0:  # no validation split: the last weights are the best
-            atomic_write(self.run_dir / BEST_FILE, lambda p: save_file(_weights(self.method.net), p))
+            save_head(self.method.net, self.run_dir / BEST_FILE)
         self.save()
         return TrainSummary(self.step, self.cpu_s, self.best_f1, self.best_step, stopped_by)
 
