@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..config import ConfigError, _format_error, _Section, apply_overrides, read_json
 from ..fileio import atomic_write_text
+from ..rundir import CONFIG_FILE, run_file
 
 DDPMCD_TIMESTEPS = (50, 100, 400)
 """DDPM-CD's noise levels for LEVIR-CD, as timesteps of its 2000-step linear 1e-6..1e-2 schedule."""
@@ -166,7 +167,7 @@ def load_cd_config(path: str | Path, overrides: list[str] | None = None) -> CDCo
     ``section.key=value`` inside ``cd`` (``train.lr=3e-4``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        path = run_file(path, CONFIG_FILE)
     data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("cd"), dict) and overrides:
         data = {"cd": apply_overrides(data["cd"], overrides, sections=CDConfig.model_fields)}

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..fileio import atomic_write_text
+from .. import rundir
 from ..plots import plot_loss_curve
 from ..evaluation.results import fmt
 from ..report import config_section, document, figure, metrics_section, run_heading, table
@@ -47,8 +48,8 @@ def results_section(run_dir: Path) -> str:
 def write_cd_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     body = [run_heading(run_dir, "diffsat change-detection run"), results_section(run_dir)]
-    if (run_dir / "metrics.csv").is_file():
+    if rundir.run_file(run_dir, rundir.METRICS_FILE).is_file():
         plot_loss_curve(run_dir)
-        body += [metrics_section(read_metrics(run_dir)), "<h2>Loss</h2>" + figure(run_dir / "loss.png", "training loss")]
+        body += [metrics_section(read_metrics(run_dir)), "<h2>Loss</h2>" + figure(rundir.run_file(run_dir, rundir.LOSS_PLOT), "training loss")]
     body.append(config_section(run_dir))
-    return atomic_write_text(run_dir / "report.html", document(f"diffsat cd run: {run_dir.resolve().name}", body))
+    return atomic_write_text(rundir.run_file(run_dir, rundir.REPORT_FILE), document(f"diffsat cd run: {run_dir.resolve().name}", body))

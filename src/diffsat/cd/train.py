@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write
-from ..rundir import MODEL_FILE, STATE_FILE, load_state_into, read_safetensors, safe_torch_load
+from ..rundir import METRICS_FILE, MODEL_FILE, STATE_FILE, load_state_into, read_safetensors, safe_torch_load
 from ..training.loop import batch_indices, step_seed
 from ..training.metrics import MetricsLog
 from .metrics import Accumulator
@@ -73,7 +73,7 @@ class HeadTrainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        self.log = MetricsLog(self.run_dir / "metrics.csv", resume_step=self.step if resume else None)
+        self.log = MetricsLog(self.run_dir / METRICS_FILE, resume_step=self.step if resume else None)
 
     # ---- checkpoints
 
