@@ -165,23 +165,100 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+class AutoencoderModelConfig(_Section):
+    """The autoencoder of latent diffusion: SR3 blocks without noise conditioning.
+
+    Encoder: ``init_conv`` -> per level ``res_blocks`` residual blocks, a stride-2 Downsample between levels
+    -> a middle block (with attention when ``attention``) -> GroupNorm, Swish, Conv to ``2 * latent_channels``
+    (mean and log-variance). The decoder mirrors it with Upsample. ``len(channel_mults) - 1`` halvings give
+    the downsampling factor (2, 4 or 8): a ``(C, S, S)`` image becomes a ``(latent_channels, S/f, S/f)``
+    latent."""
+
+    in_channels: int = Field(3, ge=1)
+    base_channels: int = Field(64, ge=1)
+    channel_mults: tuple[int, ...] = Field((1, 2, 4), min_length=2, max_length=4)
+    res_blocks: int = Field(1, ge=1)
+    latent_channels: int = Field(4, ge=1)
+    norm_groups: int = Field(32, ge=1)
+    attention: bool = False
+    image_size: int = Field(64, ge=1)
+    """Side of the training crops (must equal ``data.image_size``); the network itself takes any multiple of
+    the factor."""
+
+    @property
+    def factor(self) -> int:
+        return 2 ** (len(self.channel_mults) - 1)
+
+
+class AutoencoderLossConfig(_Section):
+    """The autoencoder's training loss: every term is switched off by a zero weight.
+
+    ``reconstruction`` (L1 or L2 of the pixels) + ``kl_weight`` * KL(q(z|x) || N(0, I)) (mean over latent
+    values) + ``ssim_weight`` * (1 - SSIM) + ``fft_weight`` * L1 of the 2-D FFT amplitudes (orthonormal)
+    + ``adversarial_weight`` * a hinge patch-discriminator term, from step ``adversarial_start`` on (the
+    discriminator, trained from scratch, starts then)."""
+
+    reconstruction: Literal["l1", "l2"] = "l1"
+    kl_weight: float = Field(1e-6, ge=0.0)
+    ssim_weight: float = Field(0.0, ge=0.0)
+    fft_weight: float = Field(0.0, ge=0.0)
+    adversarial_weight: float = Field(0.0, ge=0.0)
+    adversarial_start: int = Field(0, ge=0)
+    discriminator_channels: int = Field(64, ge=1)
+    discriminator_layers: int = Field(3, ge=1, le=5)
+    discriminator_lr: float | None = Field(None, gt=0.0)
+    """``None``: ``train.lr``."""
+
+
+class AutoencoderRunConfig(_Section):
+    """An autoencoder run (``diffsat train`` on a config with an ``autoencoder`` section): the network, its
+    loss, the images (``data``, as for diffusion) and the optimisation (``train``; the diffusion-only keys
+    ``sample_steps``, ``guidance`` and ``label_dropout`` are unused)."""
+
+    autoencoder: AutoencoderModelConfig = AutoencoderModelConfig()
+    loss: AutoencoderLossConfig = AutoencoderLossConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AutoencoderRunConfig":
+        a, d = self.autoencoder, self.data
+        if a.in_channels != d.channels:
+            raise ValueError(f"autoencoder.in_channels ({a.in_channels}) must equal data.channels ({d.channels})")
+        if a.image_size != d.image_size:
+            raise ValueError(f"autoencoder.image_size ({a.image_size}) must equal data.image_size ({d.image_size})")
+        if d.image_size % a.factor:
+            raise ValueError(f"data.image_size ({d.image_size}) must be a multiple of the autoencoder's "
+                             f"downsampling factor {a.factor} (2 ** (len(channel_mults) - 1))")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class LatentConfig(_Section):
+    """Latent diffusion: the U-Net learns the latents of a trained autoencoder run instead of the pixels.
+
+    ``model.in_channels``/``out_channels`` are then the autoencoder's ``latent_channels`` and
+    ``model.image_size`` is ``data.image_size`` divided by its downsampling factor (checked against the run
+    when the config is used: :func:`diffsat.rundir.load_autoencoder`)."""
+
+    autoencoder: str
+    """Run directory of an autoencoder trained with ``diffsat train`` (its EMA weights are used, frozen)."""
+
+
 class Config(_Section):
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    latent: LatentConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        m, d = self.model, self.data
-        if m.in_channels != d.channels:
-            raise ValueError(
-                f"model.in_channels ({m.in_channels}) must equal data.channels ({d.channels})"
-            )
-        if m.image_size != d.image_size:
-            raise ValueError(
-                f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})"
-            )
+        m = self.model
+        if self.latent is None:
+            self._pixel_shapes()
         if self.diffusion.beta_start > self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must not exceed diffusion.beta_end")
         if self.train.sample_steps > self.diffusion.timesteps:
@@ -196,8 +273,22 @@ class Config(_Section):
             )
         return self
 
+    def _pixel_shapes(self) -> None:
+        m, d = self.model, self.data
+        if m.in_channels != d.channels:
+            raise ValueError(
+                f"model.in_channels ({m.in_channels}) must equal data.channels ({d.channels})"
+            )
+        if m.image_size != d.image_size:
+            raise ValueError(
+                f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})"
+            )
+
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if self.latent is None:
+            del data["latent"]  # pixel runs' config.json stays as it was
+        return data
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -290,11 +381,39 @@ def load_config(path: str | Path, overrides: list[str] | None = None, phase: str
 
     ``overrides`` (``section.key=value``) apply to our form of the config, so they are validated the same way.
     """
+    config = load_any_config(path, overrides, phase)
+    if isinstance(config, AutoencoderRunConfig):
+        raise ConfigError(
+            f"{path}: an autoencoder config (section 'autoencoder'), not a diffusion model: train it with "
+            "`diffsat train`, then sample, chain or evaluate a latent diffusion run whose latent.autoencoder names it"
+        )
+    return config
+
+
+def is_autoencoder_config(data: Any) -> bool:
+    """Whether a config dict describes an autoencoder run (it has an ``autoencoder`` section)."""
+    return isinstance(data, dict) and "autoencoder" in data
+
+
+def parse_autoencoder_config(data: dict[str, Any], source: str = "<config>") -> AutoencoderRunConfig:
+    """Validate an autoencoder run config dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
+    try:
+        return AutoencoderRunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_any_config(path: str | Path, overrides: list[str] | None = None,
+                    phase: str = "val") -> Config | AutoencoderRunConfig:
+    """A diffusion config (as :func:`load_config`) or an autoencoder run config, whichever the file holds."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: a folder, not a config file: give the JSON file (or the run directory's)")
     data = read_json(path)
     source = str(path)
+    if is_autoencoder_config(data):
+        sections = AutoencoderRunConfig.model_fields
+        return parse_autoencoder_config(apply_overrides(data, overrides or [], sections=sections), source)
     if is_ddpmcd_config(data):
         data, source = config_from_ddpmcd(data, source, phase).to_dict(), f"{path} (mapped from DDPM-CD)"
     return parse_config(apply_overrides(data, overrides or []), source=source)
@@ -332,6 +451,6 @@ def check_unconditional(cfg: Config) -> None:
         )
 
 
-def save_config(config: Config, path: str | Path) -> None:
+def save_config(config: Config | AutoencoderRunConfig, path: str | Path) -> None:
     """Write the resolved config (every key, defaults included) as indented JSON."""
     atomic_write_text(path, json.dumps(config.to_dict(), indent=2) + "\n")

@@ -41,11 +41,24 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import SCHEDULE_NAMES, Config, DiffusionConfig, load_config, save_config
+from .config import (
+    SCHEDULE_NAMES,
+    AutoencoderRunConfig,
+    Config,
+    DiffusionConfig,
+    is_autoencoder_config,
+    load_any_config,
+    load_config,
+    parse_autoencoder_config,
+    read_json,
+    save_config,
+)
 from .ddpmcd import StateDict, to_our_keys, unwrap_state_dict
 from .diffusion.schedules import F64, NoiseSchedule, make_betas
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, fsync_path, remove_stray_tmp_files
+from .models.autoencoder import Autoencoder, build_autoencoder
+from .models.latent import LatentDiffusionNet
 from .models.unet import build_unet
 
 CONFIG_FILE = "config.json"
@@ -62,13 +75,17 @@ SAMPLES_DIR = "samples"
 FINAL_GRID = "final.png"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINTS_DIR = "checkpoints"
+LATENT_CACHE = "latents.safetensors"
+"""A latent diffusion run's cache of its training set's latents (:mod:`diffsat.training.batches`)."""
 MANIFEST_FILE = "checkpoint.json"
 """Written last into a step directory: the step and the size of each file (a commit record)."""
 WEIGHTS_FORMAT = "diffsat-unet-v1"
 CHECKPOINT_FORMAT = "diffsat-checkpoint-v1"
 CHECKPOINT_FILES = (MODEL_FILE, EMA_FILE, STATE_FILE)
+RECONSTRUCTION_FILE = "reconstruction.json"
+"""An autoencoder run's reconstruction quality on held-out tiles, beside the bicubic baseline."""
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, SCHEDULE_FILE, METRICS_FILE, REPORT_FILE, LOSS_PLOT,
-             QUALITY_PLOT, TENSORBOARD_DIR, CHECKPOINTS_DIR)
+             QUALITY_PLOT, TENSORBOARD_DIR, CHECKPOINTS_DIR, LATENT_CACHE, RECONSTRUCTION_FILE)
 
 Weights = Literal["ema", "model"]
 _GRID_NAME = re.compile(r"step_(\d+)\.png")
@@ -113,6 +130,12 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Con
     ``section.key=value`` overrides (see :func:`diffsat.config.load_config`)."""
     path = Path(path)
     return load_config(run_file(path, CONFIG_FILE) if path.is_dir() else path, overrides)
+
+
+def load_any_run_config(path: str | Path, overrides: list[str] | None = None) -> Config | AutoencoderRunConfig:
+    """As :func:`load_run_config`, also for an autoencoder run or config (:func:`diffsat.config.load_any_config`)."""
+    path = Path(path)
+    return load_any_config(run_file(path, CONFIG_FILE) if path.is_dir() else path, overrides)
 
 
 # --------------------------------------------------------------------------------------------- reading files
@@ -696,7 +719,8 @@ def compare_schedule(buffers: Mapping[str, torch.Tensor], diffusion: DiffusionCo
 class LoadedModel:
     """A network loaded by :func:`load_model`.
 
-    ``network``: the :class:`~diffsat.models.unet.SR3UNet` in eval mode on the CPU; ``config``: our config of
+    ``network``: the :class:`~diffsat.models.unet.SR3UNet` in eval mode on the CPU (for a latent diffusion run
+    a :class:`~diffsat.models.latent.LatentDiffusionNet`: the U-Net with its autoencoder); ``config``: our config of
     it; ``schedule``: the noise schedule it was trained with (the file's own when it carries one);
     ``weights``: which weights were loaded: ``"ema"`` or ``"model"`` of a run directory, or the path of a
     foreign weights file.
@@ -729,7 +753,67 @@ def _network(cfg: Config, weights: Mapping[str, torch.Tensor], source: str) -> n
     with torch.device("meta"):
         model = build_unet(cfg.model)
     load_state_into(model, weights, source)
-    return model.eval()
+    return _with_autoencoder(model.eval(), cfg)
+
+
+def _with_autoencoder(unet: nn.Module, cfg: Config) -> nn.Module:
+    """``unet`` itself, or for a latent config the :class:`LatentDiffusionNet` with the named autoencoder."""
+    if cfg.latent is None:
+        return unet
+    return LatentDiffusionNet(unet, load_autoencoder(cfg.latent.autoencoder, cfg).network).eval()
+
+
+@dataclass(frozen=True)
+class LoadedAutoencoder:
+    """An autoencoder run loaded by :func:`load_autoencoder`: its ``network`` (EMA weights, eval mode, CPU,
+    with the latent statistics it was saved with), its ``config`` and the ``weights`` file read."""
+
+    network: Autoencoder
+    config: AutoencoderRunConfig
+    weights: str
+
+
+def _autoencoder_config(path: Path, named: str) -> AutoencoderRunConfig:
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise ConfigError(
+            f"latent.autoencoder '{named}': no autoencoder run at {path} (a directory with config.json and weights "
+            "from `diffsat train` on an autoencoder config): train one there or correct the path")
+    data = read_json(config_file)
+    if not is_autoencoder_config(data):
+        raise ConfigError(f"latent.autoencoder '{named}': {path} is a diffusion run, not an autoencoder run: name "
+                          "the run directory of `diffsat train` on an autoencoder config")
+    return parse_autoencoder_config(data, str(config_file))
+
+
+def check_latent_shapes(cfg: Config, autoencoder: AutoencoderRunConfig, path: Path) -> None:
+    """One-line :class:`ConfigError` unless ``cfg``'s U-Net and data fit the autoencoder run at ``path``."""
+    ae, m, d = autoencoder.autoencoder, cfg.model, cfg.data
+    size, latent = d.image_size // ae.factor, ae.latent_channels
+    if d.channels != ae.in_channels or d.image_size % ae.factor:
+        raise ConfigError(
+            f"latent.autoencoder {path} encodes {ae.in_channels}-channel images whose sides are multiples of "
+            f"{ae.factor}: data.channels is {d.channels} and data.image_size {d.image_size}")
+    if (m.in_channels, m.out_channels, m.image_size) != (latent, latent, size):
+        raise ConfigError(
+            f"latent.autoencoder {path} turns {d.image_size} px images into ({latent}, {size}, {size}) latents: "
+            f"set model.in_channels and model.out_channels to {latent} and model.image_size to {size} (they are "
+            f"{m.in_channels}, {m.out_channels} and {m.image_size})")
+
+
+def load_autoencoder(run_dir: str | Path, for_config: Config | None = None) -> LoadedAutoencoder:
+    """The autoencoder run ``run_dir`` (its newest readable checkpoint's EMA weights); with ``for_config``,
+    first checks that this latent diffusion config fits it (:func:`check_latent_shapes`). Every problem is
+    one :class:`ConfigError` or :class:`CheckpointError` line naming the run."""
+    path = Path(run_dir)
+    cfg = _autoencoder_config(path, str(run_dir))
+    if for_config is not None:
+        check_latent_shapes(for_config, cfg, path)
+    weights_path, tensors = _run_weights(path, "ema", fallback=True)
+    with torch.device("meta"):
+        network = build_autoencoder(cfg.autoencoder)
+    load_state_into(network, tensors, str(weights_path))
+    return LoadedAutoencoder(network.eval(), cfg, str(weights_path))
 
 
 def load_model(checkpoint: str | Path, config: Config | str | Path | None = None, *, ema: bool = True) -> LoadedModel:
@@ -767,7 +851,7 @@ def random_model(config: Config | str | Path, seed: int = 0) -> LoadedModel:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         network = build_unet(cfg.model).eval()
-    return LoadedModel(network, cfg, NoiseSchedule.from_config(cfg.diffusion), f"random (seed {seed})")
+    return LoadedModel(_with_autoencoder(network, cfg), cfg, NoiseSchedule.from_config(cfg.diffusion), f"random (seed {seed})")
 
 
 # ------------------------------------------------------------------------------------------------- convert

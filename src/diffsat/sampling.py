@@ -21,6 +21,7 @@ from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
+from .models.latent import LatentDiffusionNet
 from .precision import auto_bf16
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
@@ -175,8 +176,13 @@ def generate(
     schedule: NoiseSchedule | None = None,
     callback_factory: Callable[[int], Callback | None] | None = None,
     progress: bool = True,
+    decode: bool = True,
 ) -> torch.Tensor:
     """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
+
+    ``net``: the network, or for a latent diffusion run its :class:`~diffsat.models.latent.LatentDiffusionNet`:
+    the sampler then draws latents and each batch is decoded to images (what :func:`diffsat.load_model`
+    returns for such a run); ``decode=False`` returns the latents ``(n, L, h, w)`` instead.
 
     ``labels``: class labels for a class-conditional model, cycled over the samples (sample ``i`` gets
     ``labels[i % len(labels)]``; default: class ``i % num_classes``), see :func:`class_labels`.
@@ -200,6 +206,7 @@ def generate(
         settings = replace(settings, bf16=auto_bf16(prepare_net(net, replace(settings, compile=False), device),
                                                     (calls, *shape), device, channels_last=settings.channels_last,
                                                     announce=print if progress else None))
+    decoder = net.decode if isinstance(net, LatentDiffusionNet) and decode else None
     net = prepare_net(net, settings, device)
     sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)
@@ -222,7 +229,8 @@ def generate(
             if sampler.draws_noise:
                 options["noise"] = noise
             x0 = sampler.sample(denoiser, x, grid, callback=callback, **options)
-            out.append(x0.float().clamp(-1, 1).cpu().contiguous())
+            x0 = x0.float() if decoder is None else decoder(x0.float())
+            out.append(x0.clamp(-1, 1).cpu().contiguous())
             bar.set_postfix(images=f"{start + count}/{n}")
     return torch.cat(out)  # outside inference mode: an ordinary tensor
 
@@ -241,7 +249,8 @@ def chain_frames(
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
     Returns ``(frames, n, C, H, W)`` in [-1, 1] (x_T clamped for display) and the step fraction of each
-    frame (1.0 = pure noise, 0.0 = final image). ``labels``: as in :func:`generate`.
+    frame (1.0 = pure noise, 0.0 = final image). ``labels``: as in :func:`generate`. For a latent diffusion
+    run every frame is the decoded latent (the first one the decoded starting noise).
     """
     steps = settings.steps
     wanted = {round(k * steps / (frames - 1)) for k in range(frames)}
@@ -257,7 +266,9 @@ def chain_frames(
     start_noise = StackedRandomGenerator(seed, n).randn(
         (config.model.in_channels, config.model.image_size, config.model.image_size))
     generate(net, config, n, seed, settings, labels=labels, schedule=schedule, callback_factory=factory,
-             progress=progress)
+             progress=progress, decode=False)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
+    if isinstance(net, LatentDiffusionNet):
+        stack = [net.decode(frame) for frame in stack]
     return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..rundir import load_run_config
+from ..config import AutoencoderRunConfig
+from ..rundir import load_any_run_config
 from ..errors import DiffsatError
 from .common import add_parser
 
@@ -14,8 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_parser(
         subparsers,
         "train",
-        "Train a diffusion model from a JSON config (ours or DDPM-CD's) into a run directory.",
-        "diffsat train configs/mnist_cpu.json --out runs/mnist --set train.max_steps=500",
+        "Train a diffusion model from a JSON config (ours or DDPM-CD's), or the autoencoder of latent diffusion "
+        "(a config with an 'autoencoder' section), into a run directory.",
+        "diffsat train configs/mnist_cpu.json --out runs/mnist --set train.max_steps=500\n"
+        "  diffsat train configs/satellite64_autoencoder_cpu.json --out runs/ae64\n"
+        "  diffsat train configs/satellite64_latent_cpu.json --out runs/latent64 "
+        "--set latent.autoencoder=runs/ae64",
     )
     p.add_argument("config", nargs="?", help="JSON config; optional with --resume (the run's config.json is used)")
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, metrics, samples)")
@@ -28,16 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..autoencoder.trainer import AutoencoderTrainer
     from ..plots import plot_training
     from ..report import write_report
-    from ..training.loop import train
+    from ..training.loop import Trainer, train
 
     if args.config is None and not args.resume:
         raise DiffsatError("give a CONFIG to train from (or --resume to continue the run in --out)")
     source = args.config if args.config is not None else args.out
-    config = load_run_config(source, args.overrides)
+    config = load_any_run_config(source, args.overrides)
+    trainer = AutoencoderTrainer if isinstance(config, AutoencoderRunConfig) else Trainer
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress,
-                   on_finish=(plot_training, write_report))
+                   on_finish=(plot_training, write_report), trainer=trainer)
     if not result.is_main:
         return 0  # torchrun: rank 0 reports for the run
     print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min (stopped by {result.stopped_by}); "

@@ -47,7 +47,7 @@ Shard = tuple[int, int]
 """``(rank, world_size)``: draw for the global batch of ``B * world_size`` images, keep this rank's slice."""
 
 
-def _randint(high: int, n: int, generator: torch.Generator, shard: Shard) -> torch.Tensor:
+def randint_sharded(high: int, n: int, generator: torch.Generator, shard: Shard) -> torch.Tensor:
     """``n`` integers uniform in ``[0, high)``: this rank's slice of a global draw (on the generator's device)."""
     rank, world = shard
     draw = torch.randint(0, high, (n * world,), generator=generator, device=generator.device)
@@ -73,8 +73,8 @@ def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None, shar
     if generator is None:
         top, left = (h - size) // 2, (w - size) // 2
         return batch[:, :, top : top + size, left : left + size]
-    tops = _randint(h - size + 1, n, generator, shard).tolist()
-    lefts = _randint(w - size + 1, n, generator, shard).tolist()
+    tops = randint_sharded(h - size + 1, n, generator, shard).tolist()
+    lefts = randint_sharded(w - size + 1, n, generator, shard).tolist()
     out = batch.new_empty((n, batch.shape[1], size, size))
     for i, (top, left) in enumerate(zip(tops, lefts)):
         out[i] = batch[i, :, top : top + size, left : left + size]
@@ -83,7 +83,7 @@ def crop(batch: torch.Tensor, size: int, generator: torch.Generator | None, shar
 
 def _coin(n: int, generator: torch.Generator, device: torch.device, shard: Shard) -> torch.Tensor:
     """``(n, 1, 1, 1)`` bool tensor, each True with probability 1/2, drawn from ``generator``."""
-    return _randint(2, n, generator, shard).to(device).bool().view(n, 1, 1, 1)
+    return randint_sharded(2, n, generator, shard).to(device).bool().view(n, 1, 1, 1)
 
 
 def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator, shard: Shard = (0, 1)) -> torch.Tensor:
@@ -113,7 +113,7 @@ def augment(batch: torch.Tensor, cfg: DataConfig, generator: torch.Generator, sh
     if cfg.vflip:
         out = torch.where(_coin(n, generator, batch.device, shard), out.flip(-2), out)
     if cfg.rot90:
-        k = _randint(4, n, generator, shard).to(batch.device)
+        k = randint_sharded(4, n, generator, shard).to(batch.device)
         rotated = out.clone()
         for quarter in (1, 2, 3):
             sel = k == quarter

@@ -24,15 +24,17 @@ from tqdm.auto import tqdm
 from .. import rundir
 from ..config import Config, DataConfig, TrainConfig, save_config
 from ..data import DataError, ImageDataset, load_dataset
-from ..data.transforms import augment
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..errors import CheckpointError, DiffsatError, TrainingDivergedError
-from ..evaluation.during_training import make_training_evaluator
+from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
+from ..models.autoencoder import Autoencoder
+from ..models.latent import LatentDiffusionNet
 from ..models.unet import build_unet
 from ..precision import auto_bf16
 from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
+from .batches import BatchSource, PixelBatches, latent_batches
 from .distributed import DistContext, setup, teardown
 from .ema import EMA
 from .metrics import MetricsLog
@@ -132,24 +134,24 @@ class Trainer:
         self.config, self.run_dir, self.on_finish = config, Path(run_dir), tuple(on_finish)
         tc = config.train
         with torch.device("meta"):  # shape errors (image size, groups) before the data is read, at no cost
-            build_unet(config.model)
+            self.build_network()
         self.dist = dist or setup(tc.device)
         self.device = self.dist.device
         if tc.threads is not None:
             torch.set_num_threads(tc.threads)
+        self.autoencoder = self.frozen_autoencoder()
         self.dataset = dataset if dataset is not None else load_dataset(config.data)
-        self.tiles = self.dataset.tiles.to(self.device)  # uint8 or float, at the stored size
-        self.labels = training_labels(self.dataset, config.model.num_classes, config.data)
+        self.batches = self.make_batches()
+        self.labels = training_labels(self.dataset, self.num_classes, config.data)
         torch.manual_seed(tc.seed)
-        self.model = build_unet(config.model).to(self.device)
+        self.model = self.build_network().to(self.device)
         if tc.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, tc.ema_decay)
         # fused: one kernel for all parameters instead of a loop over them
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.bf16 = self._resolve_bf16()
-        self.schedule = NoiseSchedule.from_config(config.diffusion)
-        self.loss_fn = DiffusionLoss.from_config(config.diffusion, self.schedule)
+        self.setup_objective()
         self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
         self.saved_step: int | None = None  # the step of the last checkpoint committed or resumed from
         if resume:
@@ -167,16 +169,64 @@ class Trainer:
             if tc.tensorboard:
                 self.tensorboard = TensorBoardLog(rundir.run_file(self.run_dir, rundir.TENSORBOARD_DIR))
             if tc.eval_every:
-                self.evaluator = make_training_evaluator(config, self.dataset)
+                self.evaluator = self.make_evaluator()
+
+    # --- what a subclass training another kind of network replaces (diffsat.autoencoder.trainer) ---
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config.model.num_classes
+
+    def build_network(self) -> torch.nn.Module:
+        """The network trained (built under ``torch.device("meta")`` once first, as a shape check)."""
+        return build_unet(self.config.model)
+
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """The shape of one training batch as the network sees it."""
+        m = self.config.model
+        return (self.config.train.batch_size, m.in_channels, m.image_size, m.image_size)
+
+    def frozen_autoencoder(self) -> Autoencoder | None:
+        """A latent run's autoencoder (frozen, on the device; checked against the config), else None."""
+        latent = self.config.latent
+        if latent is None:
+            return None
+        return rundir.load_autoencoder(latent.autoencoder, self.config).network.to(self.device)
+
+    def make_batches(self) -> BatchSource:
+        """Where each step's batch comes from: the held tiles (augmented), or for a latent run their cached
+        latents (:func:`diffsat.training.batches.latent_batches`)."""
+        if self.autoencoder is None:
+            return PixelBatches(self.dataset.tiles.to(self.device), self.config.data)
+        return latent_batches(self.autoencoder, self.dataset, self.config, self.run_dir, self.dist)
+
+    def setup_objective(self) -> None:
+        """The noise schedule and the diffusion loss."""
+        self.schedule = NoiseSchedule.from_config(self.config.diffusion)
+        self.loss_fn = DiffusionLoss.from_config(self.config.diffusion, self.schedule)
+
+    def make_evaluator(self) -> TrainingEvaluator | None:
+        return make_training_evaluator(self.config, self.dataset)
+
+    def extra_state(self) -> dict[str, object]:
+        """Train-state entries beyond step, time, EMA count and optimiser (saved with every checkpoint)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, object]) -> None:
+        """Restore what :meth:`extra_state` saved."""
+
+    def sampling_network(self, network: torch.nn.Module) -> torch.nn.Module:
+        """What :func:`diffsat.sampling.generate` samples: the U-Net, or for a latent run the U-Net with the
+        autoencoder that decodes its latents."""
+        return network if self.autoencoder is None else LatentDiffusionNet(network, self.autoencoder)
 
     def _resolve_bf16(self) -> bool:
         """``train.precision`` as a yes/no for bf16 autocast; ``auto`` times this model's training step
         (:func:`diffsat.precision.auto_bf16`), and under torchrun takes bf16 only when every rank chose it."""
-        tc, m = self.config.train, self.config.model
+        tc = self.config.train
         if tc.precision != "auto":
             return tc.precision == "bf16"
-        shape = (tc.batch_size, m.in_channels, m.image_size, m.image_size)
-        choice = auto_bf16(self.model, shape, self.device, channels_last=tc.channels_last, training=True,
+        choice = auto_bf16(self.model, self.input_shape(), self.device, channels_last=tc.channels_last, training=True,
                            announce=print if self.dist.is_main else None)
         return self.dist.all_true(choice)
 
@@ -222,6 +272,7 @@ class Trainer:
         state = found.state
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.elapsed_s, self.ema.updates = state["step"], state["elapsed_s"], state["ema_updates"]
+        self.load_extra_state(state)
         self.saved_step = self.step
 
     def save(self, wait: bool = True) -> None:
@@ -237,6 +288,7 @@ class Trainer:
                 "elapsed_s": self.elapsed_s,
                 "ema_updates": self.ema.updates,
                 "optimizer": self.optimizer.state_dict(),
+                **self.extra_state(),
             }
             try:
                 rundir.save_checkpoint(self.run_dir, self.model, self.ema.model, state,
@@ -259,14 +311,13 @@ class Trainer:
         global_idx = batch_indices(len(self.dataset), self.global_batch, self.step, tc.seed)
         idx = self.dist.shard(global_idx)
         generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 1)
-        world = (self.dist.rank, self.dist.world_size)
-        x = augment(self.tiles[idx.to(self.device)], self.config.data, generator, shard=world)
+        x = self.batches(idx.to(self.device), generator, (self.dist.rank, self.dist.world_size))
         x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
         if self.labels is None:
             return x, None
         drop_generator = torch.Generator().manual_seed(step_seed(tc.seed, self.step) ^ 2)
         dropped = torch.rand(len(global_idx), generator=drop_generator) < tc.label_dropout
-        labels = torch.where(dropped, self.config.model.num_classes, self.labels[global_idx])
+        labels = torch.where(dropped, self.num_classes, self.labels[global_idx])
         return x, self.dist.shard(labels).to(self.device)
 
     def _loss(self, net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
@@ -311,12 +362,13 @@ class Trainer:
         """``n`` images from the EMA weights with the fixed grid seed: (n, C, S, S) in [-1, 1]."""
         tc = self.config.train
         settings = SampleSettings(steps=tc.sample_steps, bf16=self.bf16, device=str(self.device))
-        return generate(self.ema.model, self.config, n, seed=GRID_SEED, settings=settings, progress=False)
+        return generate(self.sampling_network(self.ema.model), self.config, n, seed=GRID_SEED, settings=settings,
+                        progress=False)
 
     def sample_grid(self, path: Path, n: int = 9) -> None:
         """A grid of ``n`` EMA samples (fixed seed, so grids over time are comparable)."""
         images = self.ema_samples(n)
-        save_grid(images, path, scale=grid_scale(self.config.model.image_size))
+        save_grid(images, path, scale=grid_scale(self.config.data.image_size))
         if self.tensorboard is not None:
             self.tensorboard.images(self.step, images)
 
@@ -421,12 +473,13 @@ class _LogWindow:
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-          on_finish: Sequence[FinishHook] = ()) -> TrainResult:
+          on_finish: Sequence[FinishHook] = (), trainer: type[Trainer] = Trainer) -> TrainResult:
     """Train ``config`` into ``run_dir`` (resuming from its checkpoint when ``resume``); under torchrun each
     process calls this and they train together. ``on_finish``: called with the run directory by rank 0
-    after the final checkpoint and sample grid (the CLI draws the curves and writes the report)."""
+    after the final checkpoint and sample grid (the CLI draws the curves and writes the report).
+    ``trainer``: the trainer class (an autoencoder run: :class:`diffsat.autoencoder.trainer.AutoencoderTrainer`)."""
     dist = setup(config.train.device)
     try:
-        return Trainer(config, run_dir, resume=resume, dist=dist, on_finish=on_finish).run(progress=progress)
+        return trainer(config, run_dir, resume=resume, dist=dist, on_finish=on_finish).run(progress=progress)
     finally:
         teardown(dist)
