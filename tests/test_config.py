@@ -4,9 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from diffsat.config import Config, ConfigError, apply_overrides, load_config, save_config
-from diffsat.rundir import load_run_config
+from diffsat.config import AutoencoderRunConfig, Config, ConfigError, apply_overrides, load_any_config, load_config, save_config
+from diffsat.models.autoencoder import build_autoencoder
+from diffsat.models.unet import build_unet
+from diffsat.rundir import check_latent_shapes, load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,7 +23,26 @@ def write(tmp_path: Path, data) -> Path:
 @pytest.mark.parametrize("path", sorted(p for p in CONFIGS.rglob("*.json") if "cd" not in json.loads(p.read_text())),
                          ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    assert isinstance(load_config(path), Config)  # change-detection configs ({"cd": ...}): tests/cd
+    config = load_any_config(path)  # change-detection configs ({"cd": ...}): tests/cd
+    if isinstance(config, AutoencoderRunConfig):
+        with torch.device("meta"):
+            build_autoencoder(config.autoencoder)
+        return
+    assert isinstance(config, Config)
+    with torch.device("meta"):
+        build_unet(config.model)
+
+
+LATENT_RECIPES = [("satellite64_latent_cpu.json", "satellite64_autoencoder_cpu.json"),
+                  ("satellite256_latent.json", "satellite256_autoencoder.json")]
+
+
+@pytest.mark.parametrize("latent, autoencoder", LATENT_RECIPES)
+def test_shipped_latent_recipes_fit_their_autoencoders(latent: str, autoencoder: str) -> None:
+    config, ae = load_config(CONFIGS / latent), load_any_config(CONFIGS / autoencoder)
+    assert Path(config.latent.autoencoder).name == Path(autoencoder).stem  # runs/<autoencoder config name>
+    check_latent_shapes(config, ae, CONFIGS / autoencoder)
+    assert config.data.path == ae.data.path and config.data.holdout == ae.data.holdout  # same held-out tiles
 
 
 def test_unknown_key_is_named_with_the_file(tmp_path: Path) -> None:

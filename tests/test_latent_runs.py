@@ -11,6 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffsat import rundir
+from diffsat.cd.config import FeatureConfig
+from diffsat.cd.features import FeatureError, load_backbone
 from diffsat.cli import main
 from diffsat.config import load_config, parse_config
 from diffsat.errors import ConfigError
@@ -101,6 +103,9 @@ def test_latent_run_resumes_exactly_samples_chains_and_evaluates(trained, tmp_pa
                  "--out", str(out), "--no-progress"]) == 0
     assert "swd" in json.loads(out.read_text())["metrics"]
     capsys.readouterr()
+
+    with pytest.raises(FeatureError, match="is a latent diffusion run"):
+        load_backbone(FeatureConfig(backbone=str(run)))
 
     loaded = rundir.load_model(run)
     assert isinstance(loaded.network, LatentDiffusionNet)

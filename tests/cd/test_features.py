@@ -108,3 +108,18 @@ def test_scale_out_of_range_is_one_line(tiny_backbone: Path) -> None:
 def _extractor_with(backbone: Path, decoder_scales: tuple[int, ...]) -> FeatureExtractor:
     cfg = FeatureConfig(backbone=str(backbone), noise_levels=(0.9,), decoder_scales=decoder_scales)
     return FeatureExtractor(load_backbone(cfg), cfg)
+
+
+def test_precision_is_part_of_the_cache_key_and_bf16_stays_close(tiny_backbone: Path) -> None:
+    fp32, bf16 = _extractor(tiny_backbone, precision="fp32"), _extractor(tiny_backbone, precision="bf16")
+    assert (fp32.bf16, bf16.bf16) == (False, True)
+    assert FeatureCache(fp32, None)._settings != FeatureCache(bf16, None)._settings
+    torch.manual_seed(0)
+    before, after = torch.rand(3, 32, 32) * 2 - 1, torch.rand(3, 32, 32) * 2 - 1
+    noise = image_noise(32, 32, 0)
+    a, b = fp32(before, after, noise), bf16(before, after, noise)
+    for key in a:
+        assert not torch.equal(a[key], b[key])
+        assert float((a[key] - b[key]).norm() / a[key].norm()) < 0.05, key  # bf16 rounding, not a different map
+    auto = _extractor(tiny_backbone)  # precision auto: decided by a cached timing on this machine
+    assert auto.cfg.precision == "auto" and isinstance(auto.bf16, bool)

@@ -20,7 +20,7 @@ import torch
 
 from .. import rundir
 from ..config import AutoencoderRunConfig
-from ..data import load_dataset
+from ..data import ImageDataset, load_dataset
 from ..data.transforms import to_model_range
 from ..errors import DiffsatError
 from ..fileio import atomic_write_text
@@ -59,6 +59,7 @@ class AutoencoderTrainer(Trainer):
         self.loss_fn = AutoencoderLoss(loss)
         self.discriminator, self.discriminator_optimizer = None, None
         self.last_pair: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.last_terms: dict[str, float] = {}  # the last step's loss terms, logged beside the loss
         if loss.adversarial_weight == 0:
             return
         if self.dist.distributed:
@@ -106,7 +107,7 @@ class AutoencoderTrainer(Trainer):
         self.last_terms["discriminator"] = float(loss.detach())
 
     def log(self, row: dict[str, float]) -> None:
-        if "loss" in row and getattr(self, "last_terms", None):
+        if "loss" in row and self.last_terms:
             row = {**row, **{f"ae_{k}": v for k, v in self.last_terms.items()}}
         super().log(row)
 
@@ -147,8 +148,12 @@ class AutoencoderTrainer(Trainer):
         super().save(wait)
 
     def _grid_tiles(self) -> torch.Tensor:
-        view = self.dataset.model_view(self.config.data, self.config.train.seed)
-        return view[:GRID_TILES]
+        """:data:`GRID_TILES` training tiles spread evenly over the dataset (so over a class-sorted folder's
+        classes), cut as :meth:`ImageDataset.model_view` cuts them: ``(n, C, S, S)`` in [-1, 1]."""
+        n = len(self.dataset)
+        index = torch.linspace(0, n - 1, min(n, GRID_TILES)).round().long().unique()
+        subset = ImageDataset(self.dataset.tiles[index], None, self.dataset.source)
+        return subset.model_view(self.config.data, self.config.train.seed)
 
     def sample_grid(self, path: Path, n: int = GRID_TILES) -> None:
         """Training tiles (first row) above the EMA autoencoder's reconstructions of them (second row)."""

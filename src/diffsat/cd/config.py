@@ -82,6 +82,10 @@ class FeatureConfig(_Section):
     seed: int = 0
     """Seed of the noise added to the images (the same noise for A and B): features are deterministic."""
     cache_dtype: Literal["float16", "float32"] = "float16"
+    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    """The backbone's forward passes: float32, bfloat16 autocast, or ``auto``: bf16 when a cached timing of
+    this backbone on this machine finds it faster (:func:`diffsat.precision.auto_bf16`, measured at a
+    ``data.window`` square). The choice is part of the feature cache's key."""
 
     @model_validator(mode="after")
     def _levels(self) -> "FeatureConfig":

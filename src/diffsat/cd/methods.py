@@ -65,7 +65,7 @@ class FeatureHeadMethod:
         self.device = resolve_device(cfg.train.device)
         backbone = backbone or load_backbone(cfg.features)
         backbone.net.to(self.device)
-        self.extractor = FeatureExtractor(backbone, cfg.features)
+        self.extractor = FeatureExtractor(backbone, cfg.features, window=cfg.data.window)
         self.cache = FeatureCache(self.extractor, cache_dir)
         scales = self.extractor.scales
         torch.manual_seed(cfg.train.seed)

@@ -1,0 +1,185 @@
+"""Latent diffusion on UC Merced at 64 px: the autoencoder's loss terms, then the whole CPU recipe.
+
+``ae-sweep``: trains ``configs/satellite64_autoencoder_cpu.json`` once per loss variant (the same steps each,
+``--steps``), in parallel processes with ``--parallel`` (a GPU), and reads each run's
+``reconstruction.json`` (held-out tiles: PSNR, SSIM, multi-scale SWD, beside bicubic at equal size).
+
+``recipe``: the 60-CPU-minute recipe: the autoencoder config (its 20-minute limit), then
+``configs/satellite64_latent_cpu.json`` on its latents (its limit), then 500 samples with ``diffsat sample``'s
+defaults, ``diffsat evaluate`` against the held-out tiles (SWD at three scales beside the real baseline,
+memorisation against the training tiles), a chain, and the sampling time of 500 pixel-space
+``satellite64_cpu`` tiles at the same sampler and steps (random weights: the time does not depend on them).
+
+Every stage appends one JSON line to OUT/results.jsonl; ``table`` prints them as Markdown.
+
+    python benchmarks/latent_satellite.py ae-sweep --out runs/bench_latent64 --steps 1800 [--device cuda --parallel]
+    python benchmarks/latent_satellite.py recipe --out runs/bench_latent64 [--ae-set loss.ssim_weight=0.2 ...]
+    python benchmarks/latent_satellite.py table --out runs/bench_latent64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+AE_CONFIG = ROOT / "configs" / "satellite64_autoencoder_cpu.json"
+LATENT_CONFIG = ROOT / "configs" / "satellite64_latent_cpu.json"
+PIXEL_CONFIG = ROOT / "configs" / "satellite64_cpu.json"
+VARIANTS: dict[str, list[str]] = {
+    "l1": [],
+    "l1+ssim": ["loss.ssim_weight=0.2"],
+    "l1+fft": ["loss.fft_weight=0.5"],
+    "l1+gan": ["loss.adversarial_weight=0.05"],
+    "l1+ssim+fft+gan": ["loss.ssim_weight=0.2", "loss.fft_weight=0.5", "loss.adversarial_weight=0.05"],
+}
+
+
+def cpu_model() -> str:
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return re.search(r"Model name:\s*(.+)", text).group(1).strip()
+    except (OSError, AttributeError):
+        return platform.processor() or platform.machine()
+
+
+def diffsat_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "diffsat", *args]
+
+
+def run(*args: str) -> str:
+    """Run the ``diffsat`` command line; returns its stdout (stderr passes through)."""
+    return subprocess.run(diffsat_command(*args), stdout=subprocess.PIPE, text=True, check=True).stdout
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [x for s in overrides for x in ("--set", s)]
+
+
+def record(out: Path, line: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    line = {"date": date.today().isoformat(), "cpu": cpu_model(), **line}
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line, indent=1))
+
+
+def train_summary(run_dir: Path) -> dict:
+    from diffsat.rundir import load_train_state
+
+    state = load_train_state(run_dir)
+    return {"steps": int(state["step"]), "train_s": float(state["elapsed_s"])}
+
+
+def ae_sweep(args: argparse.Namespace) -> None:
+    common = [f"train.device={args.device}", f"train.max_steps={args.steps}", "train.time_limit_minutes=null",
+              f"loss.adversarial_start={args.steps // 2}", *args.set]
+    jobs = {}
+    for name in args.variants:
+        command = diffsat_command("train", str(AE_CONFIG), "--out", str(args.out / f"ae-{name}"), "--no-progress",
+                                  *sets(common + VARIANTS[name]))
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / f"ae-{name}.log", "w") as log:
+            jobs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        if not args.parallel:
+            jobs[name].wait()
+    for name, job in jobs.items():
+        if job.wait() != 0:
+            raise SystemExit(f"variant {name} failed: see {args.out / f'ae-{name}.log'}")
+        run_dir = args.out / f"ae-{name}"
+        report = json.loads((run_dir / "reconstruction.json").read_text())
+        record(args.out, {"stage": "ae-sweep", "variant": name, "device": args.device,
+                          "overrides": common + VARIANTS[name], **train_summary(run_dir), "reconstruction": report})
+
+
+def timed_sample(run_dir: Path, out: Path, n: int, extra: list[str]) -> float:
+    text = run("sample", str(run_dir), "--out", str(out), "--n", str(n), *extra)
+    return float(re.search(r"in ([0-9.]+) s", text).group(1))
+
+
+def pixel_sampling_seconds(n: int, sampler: str, steps: int) -> float:
+    """Seconds for ``n`` 64 px pixel-space tiles of the satellite64_cpu network (random weights)."""
+    import torch
+
+    from diffsat.rundir import random_model
+    from diffsat.sampling import SampleSettings, generate
+
+    loaded = random_model(PIXEL_CONFIG)
+    settings = SampleSettings(sampler, steps=steps, batch_size=n, device="cpu", bf16=None)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        generate(loaded.network, loaded.config, n, 0, settings, progress=False)
+    return time.perf_counter() - start
+
+
+def recipe(args: argparse.Namespace) -> None:
+    ae_dir, latent_dir = args.out / "ae", args.out / "latent"
+    if not args.skip_train:
+        run("train", str(AE_CONFIG), "--out", str(ae_dir), "--no-progress", *sets(args.ae_set))
+        record(args.out, {"stage": "autoencoder", "overrides": args.ae_set, **train_summary(ae_dir),
+                          "reconstruction": json.loads((ae_dir / "reconstruction.json").read_text())})
+        start = time.perf_counter()
+        run("train", str(LATENT_CONFIG), "--out", str(latent_dir), "--no-progress",
+            *sets([f"latent.autoencoder={ae_dir}", *args.latent_set]))
+        record(args.out, {"stage": "latent diffusion", "overrides": args.latent_set, **train_summary(latent_dir),
+                          "wall_s_with_encoding_and_grids": time.perf_counter() - start})
+    samples = args.out / "samples"
+    seconds = timed_sample(latent_dir, samples, args.n, [])
+    run("chain", str(latent_dir), "--out", str(args.out / "chain.png"), "--n", "4")
+    run("evaluate", str(samples), "--reference", str(latent_dir), "--train-set", str(latent_dir),
+        "--out", str(args.out / "metrics.json"), "--no-progress")
+    metrics = json.loads((args.out / "metrics.json").read_text())["metrics"]
+    from diffsat.sampling import SampleSettings
+
+    default = SampleSettings("dpm++sde", steps=10)
+    pixel = pixel_sampling_seconds(args.n, default.sampler, default.steps)
+    record(args.out, {"stage": "samples", "n": args.n, "latent_sampling_s": seconds, "pixel_sampling_s": pixel,
+                      "metrics": metrics})
+
+
+def table(args: argparse.Namespace) -> None:
+    for line in (args.out / "results.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["stage"] in ("ae-sweep", "autoencoder"):
+            r = row["reconstruction"]
+            cells = [f"{r[k]['psnr']:.2f} / {r[k]['ssim']:.3f} / {r[k]['swd']:.0f} "
+                     f"({', '.join(f'{r[k][f]:.0f}' for f in sorted(r[k]) if f.startswith('swd_'))})"
+                     for k in ("autoencoder", "bicubic")]
+            print(f"| {row.get('variant', 'recipe')} | {row['steps']} | {row['train_s'] / 60:.1f} | {cells[0]} | {cells[1]} |")
+        else:
+            print(json.dumps(row))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("ae-sweep")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--parallel", action="store_true", help="train the variants at the same time (a GPU)")
+    p.add_argument("--set", action="append", default=[], help="override for every variant")
+    p.set_defaults(run=ae_sweep)
+    p = sub.add_parser("recipe")
+    p.add_argument("--ae-set", action="append", default=[])
+    p.add_argument("--latent-set", action="append", default=[])
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--skip-train", action="store_true", help="reuse OUT/ae and OUT/latent")
+    p.set_defaults(run=recipe)
+    p = sub.add_parser("table")
+    p.set_defaults(run=table)
+    for p in sub.choices.values():
+        p.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
