@@ -1,6 +1,7 @@
 """Typed, validated run configuration.
 
-A config is four sections (``model``, ``diffusion``, ``data``, ``train``) read from JSON. Every key is
+A config is four sections (``model``, ``diffusion``, ``data``, ``train``) read from JSON, plus ``latent``
+for latent diffusion; an autoencoder run's config has ``autoencoder``, ``loss``, ``data`` and ``train``. Every key is
 typed; an unknown or mistyped key is a :class:`ConfigError` whose one-line message names the key and the
 file. ``--set section.key=value`` overrides go through :func:`apply_overrides` before validation, so they
 are checked the same way. The resolved config is written into every run directory (``config.json``).

@@ -14,8 +14,7 @@ from .autoencoder import Autoencoder
 
 DECODE_PAD = 2
 """Latent pixels of edge padding decoded around a sampled latent and cropped away (see
-:meth:`LatentDiffusionNet.decode`); on UC Merced it cuts the extra error in the outer 4 pixels of decoded
-latent crops by about 60 % (benchmarks/RESULTS.md)."""
+:meth:`LatentDiffusionNet.decode`; the measurement that chose it: benchmarks/RESULTS.md)."""
 
 
 class LatentDiffusionNet(nn.Module):
