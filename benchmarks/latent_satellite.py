@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from diffsat.precision import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 AE_CONFIG = ROOT / "configs" / "satellite64_autoencoder_cpu.json"
@@ -40,14 +41,6 @@ VARIANTS: dict[str, list[str]] = {
     "l1+gan": ["loss.adversarial_weight=0.05"],
     "l1+ssim+fft+gan": ["loss.ssim_weight=0.2", "loss.fft_weight=0.5", "loss.adversarial_weight=0.05"],
 }
-
-
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return re.search(r"Model name:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        return platform.processor() or platform.machine()
 
 
 def diffsat_command(*args: str) -> list[str]:
@@ -65,7 +58,7 @@ def sets(overrides: list[str]) -> list[str]:
 
 def record(out: Path, line: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    line = {"date": date.today().isoformat(), "cpu": cpu_model(), **line}
+    line = {"date": date.today().isoformat(), "cpu": cpu_description(), **line}
     with open(out / "results.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
     print(json.dumps(line, indent=1))

@@ -306,8 +306,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     """Validate a plain dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a config must be a JSON object with sections model/diffusion/data/train")
+    return _validated(Config, data, source)
+
+
+def _validated(cls: type[_Section], data: dict[str, Any], source: str):
     try:
-        return Config.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_error(err, source)) from None
 
@@ -398,10 +402,7 @@ def is_autoencoder_config(data: Any) -> bool:
 
 def parse_autoencoder_config(data: dict[str, Any], source: str = "<config>") -> AutoencoderRunConfig:
     """Validate an autoencoder run config dict; raise :class:`ConfigError` naming ``source`` and the bad key."""
-    try:
-        return AutoencoderRunConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+    return _validated(AutoencoderRunConfig, data, source)
 
 
 def load_any_config(path: str | Path, overrides: list[str] | None = None,

@@ -46,11 +46,8 @@ from .config import (
     AutoencoderRunConfig,
     Config,
     DiffusionConfig,
-    is_autoencoder_config,
     load_any_config,
     load_config,
-    parse_autoencoder_config,
-    read_json,
     save_config,
 )
 from .ddpmcd import StateDict, to_our_keys, unwrap_state_dict
@@ -779,11 +776,11 @@ def _autoencoder_config(path: Path, named: str) -> AutoencoderRunConfig:
         raise ConfigError(
             f"latent.autoencoder '{named}': no autoencoder run at {path} (a directory with config.json and weights "
             "from `diffsat train` on an autoencoder config): train one there or correct the path")
-    data = read_json(config_file)
-    if not is_autoencoder_config(data):
+    config = load_any_config(config_file)
+    if not isinstance(config, AutoencoderRunConfig):
         raise ConfigError(f"latent.autoencoder '{named}': {path} is a diffusion run, not an autoencoder run: name "
                           "the run directory of `diffsat train` on an autoencoder config")
-    return parse_autoencoder_config(data, str(config_file))
+    return config
 
 
 def check_latent_shapes(cfg: Config, autoencoder: AutoencoderRunConfig, path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .. import rundir
@@ -128,7 +128,7 @@ def _read_cache(path: Path, key: str) -> torch.Tensor | None:
         with safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
-        return load_file(str(path))["latents"].float()
+            return f.get_tensor("latents").float()
     except (SafetensorError, OSError, KeyError, ValueError):  # a damaged cache is rebuilt, never trusted
         return None
 
