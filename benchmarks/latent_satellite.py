@@ -4,16 +4,25 @@
 ``--steps``), in parallel processes with ``--parallel`` (a GPU), and reads each run's
 ``reconstruction.json`` (held-out tiles: PSNR, SSIM, multi-scale SWD, beside bicubic at equal size).
 
-``recipe``: the 60-CPU-minute recipe: the autoencoder config (its 20-minute limit), then
-``configs/satellite64_latent_cpu.json`` on its latents (its limit), then 500 samples with ``diffsat sample``'s
-defaults, ``diffsat evaluate`` against the held-out tiles (SWD at three scales beside the real baseline,
-memorisation against the training tiles), a chain, and the sampling time of 500 pixel-space
-``satellite64_cpu`` tiles at the same sampler and steps (random weights: the time does not depend on them).
+``recipe``: the 60-CPU-minute recipe: the autoencoder config (its limits), then
+``configs/satellite64_latent_cpu.json`` on its latents (its limits, which count the encoding), then 500 samples
+with ``diffsat sample``'s defaults, ``diffsat evaluate`` against the held-out tiles (SWD at three scales beside
+the real baseline, memorisation against the training tiles), a chain, and ``speed``.
+
+``speed``: 500 latent tiles against 500 pixel-space ``satellite64_cpu`` tiles at the same sampler and steps
+(random weights: the time does not depend on them), in precision auto (after an untimed first draw that
+measures and caches the choice) and in fp32.
+
+``frame``: whether sampled latents (crops of whole tiles' latents) decode with a frame, per autoencoder run:
+L1 of the outer 4 pixels and of the inside, decoded as they are, with edge padding, and for the crop
+encoded by itself.
 
 Every stage appends one JSON line to OUT/results.jsonl; ``table`` prints them as Markdown.
 
     python benchmarks/latent_satellite.py ae-sweep --out runs/bench_latent64 --steps 1800 [--device cuda --parallel]
     python benchmarks/latent_satellite.py recipe --out runs/bench_latent64 [--ae-set loss.ssim_weight=0.2 ...]
+    python benchmarks/latent_satellite.py speed --out runs/bench_latent64 [--sampler dpm++ --steps 10]
+    python benchmarks/latent_satellite.py frame runs/bench_latent64/ae --out runs/bench_latent64
     python benchmarks/latent_satellite.py table --out runs/bench_latent64
 """
 
@@ -27,6 +36,8 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+
+import torch
 
 from diffsat.precision import cpu_description
 
@@ -97,44 +108,98 @@ def timed_sample(run_dir: Path, out: Path, n: int, extra: list[str]) -> float:
     return float(re.search(r"in ([0-9.]+) s", text).group(1))
 
 
-def pixel_sampling_seconds(n: int, sampler: str, steps: int) -> float:
-    """Seconds for ``n`` 64 px pixel-space tiles of the satellite64_cpu network (random weights)."""
-    import torch
-
-    from diffsat.rundir import random_model
+def sampling_seconds(network: torch.nn.Module, config, n: int, sampler: str, steps: int, bf16: bool | None) -> float:
+    """Seconds to draw ``n`` images in one batch; ``bf16=None`` (precision auto) first draws once untimed,
+    so the one-off precision measurement (cached afterwards) is not counted."""
     from diffsat.sampling import SampleSettings, generate
 
-    loaded = random_model(PIXEL_CONFIG)
-    settings = SampleSettings(sampler, steps=steps, batch_size=n, device="cpu", bf16=None)
-    start = time.perf_counter()
+    settings = SampleSettings(sampler, steps=steps, batch_size=n, device="cpu", bf16=bf16)
     with torch.inference_mode():
-        generate(loaded.network, loaded.config, n, 0, settings, progress=False)
+        if bf16 is None:
+            generate(network, config, n, 0, settings, progress=False)
+        start = time.perf_counter()
+        generate(network, config, n, 0, settings, progress=False)
     return time.perf_counter() - start
+
+
+def speed(args: argparse.Namespace) -> None:
+    """500 latent tiles (the trained run) against 500 pixel-space ``satellite64_cpu`` tiles (random weights:
+    the time does not depend on them), at equal sampler and steps, in precision auto and in fp32."""
+    from diffsat.rundir import load_model, random_model
+
+    latent, pixel = load_model(args.out / "latent"), random_model(PIXEL_CONFIG)
+    row = {"stage": "speed", "n": args.n, "sampler": args.sampler, "steps": args.steps}
+    for precision, bf16 in (("auto", None), ("fp32", False)):
+        for name, loaded in (("latent", latent), ("pixel", pixel)):
+            row[f"{name}_{precision}_s"] = sampling_seconds(loaded.network, loaded.config, args.n, args.sampler,
+                                                            args.steps, bf16)
+        row[f"speedup_{precision}"] = row[f"pixel_{precision}_s"] / row[f"latent_{precision}_s"]
+    record(args.out, row)
 
 
 def recipe(args: argparse.Namespace) -> None:
     ae_dir, latent_dir = args.out / "ae", args.out / "latent"
     if not args.skip_train:
+        start = time.perf_counter()
         run("train", str(AE_CONFIG), "--out", str(ae_dir), "--no-progress", *sets(args.ae_set))
+        ae_wall = time.perf_counter() - start
         record(args.out, {"stage": "autoencoder", "overrides": args.ae_set, **train_summary(ae_dir),
-                          "reconstruction": json.loads((ae_dir / "reconstruction.json").read_text())})
+                          "wall_s": ae_wall, "reconstruction": json.loads((ae_dir / "reconstruction.json").read_text())})
         start = time.perf_counter()
         run("train", str(LATENT_CONFIG), "--out", str(latent_dir), "--no-progress",
             *sets([f"latent.autoencoder={ae_dir}", *args.latent_set]))
+        latent_wall = time.perf_counter() - start
         record(args.out, {"stage": "latent diffusion", "overrides": args.latent_set, **train_summary(latent_dir),
-                          "wall_s_with_encoding_and_grids": time.perf_counter() - start})
+                          "wall_s_with_encoding_and_grids": latent_wall, "both_stages_wall_s": ae_wall + latent_wall})
     samples = args.out / "samples"
     seconds = timed_sample(latent_dir, samples, args.n, [])
     run("chain", str(latent_dir), "--out", str(args.out / "chain.png"), "--n", "4")
     run("evaluate", str(samples), "--reference", str(latent_dir), "--train-set", str(latent_dir),
         "--out", str(args.out / "metrics.json"), "--no-progress")
     metrics = json.loads((args.out / "metrics.json").read_text())["metrics"]
-    from diffsat.sampling import SampleSettings
+    record(args.out, {"stage": "samples", "n": args.n, "latent_sampling_s": seconds, "metrics": metrics})
+    speed(args)
 
-    default = SampleSettings("dpm++sde", steps=10)
-    pixel = pixel_sampling_seconds(args.n, default.sampler, default.steps)
-    record(args.out, {"stage": "samples", "n": args.n, "latent_sampling_s": seconds, "pixel_sampling_s": pixel,
-                      "metrics": metrics})
+
+def ring_and_inside_l1(decoded: torch.Tensor, target: torch.Tensor, ring: int = 4) -> tuple[float, float]:
+    """Mean absolute error in the outer ``ring`` pixels and inside them (images ``(N, C, S, S)``)."""
+    error = (decoded - target).abs().mean(dim=(0, 1))
+    inside = torch.zeros_like(error, dtype=torch.bool)
+    inside[ring:-ring, ring:-ring] = True
+    return float(error[~inside].mean()), float(error[inside].mean())
+
+
+def frame(args: argparse.Namespace) -> None:
+    """Does a latent cut from the middle of a whole tile's latent decode with a frame? For each autoencoder
+    run: ``--tiles`` held-out tiles encoded whole, the centre latent of a ``size`` px crop decoded with and
+    without edge padding, against the crop encoded by itself; L1 in the outer 4 px and inside."""
+    from diffsat.config import load_any_config
+    from diffsat.data import load_dataset
+    from diffsat.models.autoencoder import interior
+    from diffsat.rundir import load_autoencoder
+
+    for run_dir in args.autoencoders:
+        loaded = load_autoencoder(run_dir)
+        ae, f, data = loaded.network, loaded.network.factor, load_any_config(run_dir / "config.json").data
+        tiles = load_dataset(data.model_copy(update={"split": "test"}))
+        whole = tiles.model_view(data.model_copy(update={"image_size": tiles.resolution}))[: args.tiles]
+        size, side = data.image_size, tiles.resolution
+        cut = (side - size) // 2
+        target = whole[..., cut : cut + size, cut : cut + size]
+        row = {"stage": "frame", "autoencoder": str(run_dir), "tiles": len(whole), "decode_pad_used": loaded.decode_pad}
+        with torch.inference_mode():
+            latent = ae.encode(whole)[0]
+            for pad in (0, 2):
+                z = latent[..., cut // f - pad : (cut + size) // f + pad, cut // f - pad : (cut + size) // f + pad]
+                decoded = interior(ae.decode(z).clamp(-1, 1), pad * f)  # real context, not replicated
+                replicated = interior(ae.decode(torch.nn.functional.pad(
+                    latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f], (pad,) * 4,
+                    mode="replicate")).clamp(-1, 1), pad * f)
+                row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(replicated, target)
+                if pad:
+                    row[f"cut_pad{pad}_true_context"] = ring_and_inside_l1(decoded, target)
+            row["crop_encoded_itself"] = ring_and_inside_l1(ae(target)[0].clamp(-1, 1), target)
+        record(args.out, row)
 
 
 def table(args: argparse.Namespace) -> None:
@@ -166,10 +231,20 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--skip-train", action="store_true", help="reuse OUT/ae and OUT/latent")
     p.set_defaults(run=recipe)
+    p = sub.add_parser("speed")
+    p.add_argument("--n", type=int, default=500)
+    p.set_defaults(run=speed)
+    p = sub.add_parser("frame")
+    p.add_argument("autoencoders", nargs="+", type=Path, help="autoencoder run directories")
+    p.add_argument("--tiles", type=int, default=48)
+    p.set_defaults(run=frame)
     p = sub.add_parser("table")
     p.set_defaults(run=table)
     for p in sub.choices.values():
         p.add_argument("--out", type=Path, required=True)
+    for name in ("recipe", "speed"):
+        sub.choices[name].add_argument("--sampler", default="dpm++sde", help="sampler of the speed comparison")
+        sub.choices[name].add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     args.run(args)
 

@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffsat import rundir
+from diffsat import rundir, sampling
 from diffsat.cd.config import FeatureConfig
 from diffsat.cd.features import FeatureError, load_backbone
 from diffsat.cli import main
 from diffsat.config import load_config, parse_config
 from diffsat.errors import ConfigError
-from diffsat.models.latent import LatentDiffusionNet
+from diffsat.models.latent import DECODE_PAD, LatentDiffusionNet
+from diffsat.training.loop import train
 from diffsat.sampling import SampleSettings, generate
 
 DATA = {"kind": "folder", "channels": 3, "image_size": 16, "load_size": 32, "random_crop": True, "holdout": 2,
@@ -170,3 +171,51 @@ def test_pixel_configs_are_written_without_a_latent_section() -> None:
     assert "latent" not in parse_config({}).to_dict()
     cfg = parse_config({"latent": {"autoencoder": "runs/ae"}, "model": {"in_channels": 4}})
     assert cfg.to_dict()["latent"] == {"autoencoder": "runs/ae"}  # shapes are checked against the run later
+
+
+def test_a_decoder_trained_on_interior_latents_decodes_sampled_latents_without_padding(trained, tmp_path: Path) -> None:
+    tiles, whole = trained
+    cfg = autoencoder_config(tiles)
+    cfg["loss"] = {**cfg["loss"], "interior_margin": 1}  # 16 px crops, f = 2: the inner 12 px are decoded
+    config = write_config(tmp_path / "ae.json", cfg)
+    assert main(["train", str(config), "--out", str(tmp_path / "ae"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "ae" / "reconstruction.json").read_text())
+    assert report["scored_px"] == 16 and report["values_per_image"] == 2 * 8 * 8  # crops cut 20 px, inner 16 scored
+    loaded, plain = rundir.load_autoencoder(tmp_path / "ae"), rundir.load_autoencoder(whole)
+    assert loaded.decode_pad == 0 and plain.decode_pad == DECODE_PAD
+
+    z = torch.randn(3, 2, 8, 8)
+    net = loaded.latent_net(torch.nn.Identity())
+    with torch.no_grad():
+        expected = loaded.network.decode(loaded.network.denormalise(z)).clamp(-1, 1)
+    assert torch.allclose(net.decode(z), expected, atol=1e-6)
+    padded = plain.latent_net(torch.nn.Identity()).decode(z)
+    with torch.no_grad():
+        unpadded = plain.network.decode(plain.network.denormalise(z)).clamp(-1, 1)
+    assert padded.shape == unpadded.shape == (3, 3, 16, 16) and not torch.allclose(padded, unpadded, atol=1e-3)
+    assert torch.allclose(net.decode(z, bf16=True), net.decode(z), atol=0.1)
+
+    latent = write_config(tmp_path / "latent.json", latent_config(tiles, tmp_path / "ae", max_steps=2))
+    assert main(["train", str(latent), "--out", str(tmp_path / "latent"), "--no-progress"]) == 0
+    assert rundir.load_model(tmp_path / "latent").network.decode_pad == 0
+
+
+def test_a_latent_runs_encoding_counts_towards_its_time_limit(trained, tmp_path: Path) -> None:
+    tiles, ae = trained
+    config = parse_config(latent_config(tiles, ae, time_limit_minutes=1e-6))
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.stopped_by == "time_limit" and result.step == 0 and result.elapsed_s > 0
+
+
+def test_sampling_in_precision_auto_times_the_decoder_too(trained, tmp_path: Path, monkeypatch) -> None:
+    tiles, ae = trained
+    config = write_config(tmp_path / "latent.json", latent_config(tiles, ae, max_steps=1))
+    assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    loaded = rundir.load_model(tmp_path / "run")
+    timed = []
+    monkeypatch.setattr(sampling, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, tuple(shape))) or False)
+    images = generate(loaded.network, loaded.config, 3, 0, SampleSettings("dpm++", steps=2, device="cpu"),
+                      progress=False)
+    pad = loaded.network.decode_pad
+    assert images.shape == (3, 3, 16, 16)
+    assert timed == [(loaded.network, (3, 2, 8, 8)), (loaded.network.autoencoder.decoder, (3, 2, 8 + 2 * pad, 8 + 2 * pad))]

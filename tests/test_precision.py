@@ -19,8 +19,10 @@ from diffsat.precision import (
     bf16_difference,
     choose_precision,
     decide,
+    inference_timer,
     key_id,
     precision_key,
+    training_timer,
 )
 from diffsat.sampling import SampleSettings, generate
 
@@ -161,3 +163,20 @@ def test_train_precision_auto_measures_the_training_step(tmp_path, monkeypatch, 
     assert "precision auto: " in capsys.readouterr().out
     entries = json.loads(precision_cache.read_text()).values()
     assert [8, 1, 28, 28] in [e["input_shape"] for e in entries if e["mode"] == "training"]
+
+
+def test_timers_run_the_call_they_are_given(net) -> None:
+    calls = []
+
+    def loss() -> torch.Tensor:
+        calls.append(torch.is_autocast_cpu_enabled())
+        return net(torch.randn(2, 1, 8, 8), torch.full((2,), 0.5)).square().mean()
+
+    timer = training_timer(net, (2, 1, 8, 8), torch.device("cpu"), channels_last=False, loss=loss)
+    assert timer(True) > 0 and calls and all(calls)  # the trainer's own loss, under autocast
+    assert all(p.grad is None for p in net.parameters())
+    seen = []
+    encoder = torch.nn.Conv2d(3, 4, 3)
+    encoder.register_forward_hook(lambda module, args, out: seen.append(len(args)))
+    assert inference_timer(encoder, (2, 3, 8, 8), torch.device("cpu"), False, with_level=False)(False) > 0
+    assert seen and set(seen) == {1}  # net(x) alone: an encoder or decoder takes no noise level

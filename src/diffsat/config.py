@@ -127,6 +127,8 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(10_000, ge=1)
     time_limit_minutes: float | None = Field(None, gt=0.0)
+    """Stop once training steps (of every session of the run), with a latent run's encoding of its
+    training set, took this long; ``None``: only ``max_steps`` stops training."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
@@ -209,6 +211,11 @@ class AutoencoderLossConfig(_Section):
     discriminator_layers: int = Field(3, ge=1, le=5)
     discriminator_lr: float | None = Field(None, gt=0.0)
     """``None``: ``train.lr``."""
+    interior_margin: int = Field(0, ge=0)
+    """Latent pixels cut from each side of a training crop's latent before it is decoded; every term then
+    scores the matching interior of the crop. A latent diffusion model learns crops of whole tiles' latents,
+    whose edges carry no trace of an image border: a margin trains the decoder on such latents (0: the whole
+    latent is decoded, and sampled latents are decoded with edge padding instead)."""
 
 
 class AutoencoderRunConfig(_Section):
@@ -231,6 +238,10 @@ class AutoencoderRunConfig(_Section):
         if d.image_size % a.factor:
             raise ValueError(f"data.image_size ({d.image_size}) must be a multiple of the autoencoder's "
                              f"downsampling factor {a.factor} (2 ** (len(channel_mults) - 1))")
+        decoded = d.image_size - 2 * self.loss.interior_margin * a.factor
+        if decoded < (11 if self.loss.ssim_weight else 1):
+            raise ValueError(f"loss.interior_margin ({self.loss.interior_margin}) leaves a {decoded} px interior of "
+                             f"the {d.image_size} px crops to decode (SSIM needs 11): lower it")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -189,15 +189,16 @@ def _input(input_shape: Sequence[int], device: torch.device, channels_last: bool
 
 
 def inference_timer(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device,
-                    channels_last: bool) -> Timer:
-    """A :data:`Timer` of ``net(x, level)`` at ``input_shape`` (B, C, H, W) under ``torch.inference_mode``,
-    as the samplers call it (``net`` already on ``device`` in the memory format they use)."""
+                    channels_last: bool, with_level: bool = True) -> Timer:
+    """A :data:`Timer` of ``net(x, level)`` (``with_level``; else ``net(x)``) at ``input_shape`` (B, C, H, W)
+    under ``torch.inference_mode``, as the samplers call it (``net`` already on ``device`` in the memory format
+    they use)."""
     x, level = _input(input_shape, device, channels_last)
 
     def timer(bf16: bool) -> float:
         def call() -> None:
             with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                net(x, level)
+                net(x, level) if with_level else net(x)
             _sync(device)
 
         return best_time(call)
@@ -206,16 +207,18 @@ def inference_timer(net: torch.nn.Module, input_shape: Sequence[int], device: to
 
 
 def training_timer(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device,
-                   channels_last: bool) -> Timer:
+                   channels_last: bool, loss: Callable[[], torch.Tensor] | None = None) -> Timer:
     """A :data:`Timer` of a forward (under autocast) + backward of ``net`` at ``input_shape``; the gradients
-    it leaves are cleared and the global random state is restored (``net``'s weights stay as they were)."""
+    it leaves are cleared and the global random state is restored (``net``'s weights stay as they were).
+    ``loss``: the forward pass to time, returning the scalar to backpropagate (a trainer's own loss);
+    default: the mean square of ``net(x, level)``."""
     x, level = _input(input_shape, device, channels_last)
 
     def timer(bf16: bool) -> float:
         def call() -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = net(x, level)
-            out.float().square().mean().backward()
+                out = net(x, level).float().square().mean() if loss is None else loss()
+            out.float().backward()
             _sync(device)
 
         # dropout draws from the global generators: fork them, so a measurement leaves training's draws alone
@@ -229,12 +232,16 @@ def training_timer(net: torch.nn.Module, input_shape: Sequence[int], device: tor
 
 
 def auto_bf16(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device, *, channels_last: bool,
-              training: bool = False, announce: Callable[[str], None] | None = print) -> bool:
+              training: bool = False, timer: Timer | None = None,
+              announce: Callable[[str], None] | None = print) -> bool:
     """``precision auto`` for ``net`` (on ``device``) at ``input_shape``: True for bf16 autocast. Prints the
-    decision's one line through ``announce`` (``None``: silent)."""
-    make_timer = training_timer if training else inference_timer
-    choice = choose_precision(precision_key(device, net, input_shape, training),
-                              make_timer(net, input_shape, device, channels_last),
+    decision's one line through ``announce`` (``None``: silent). ``timer``: what to time, when not the
+    default ``net(x, level)`` forward (:func:`inference_timer`) or, when ``training``, forward and backward
+    (:func:`training_timer`); ``net``, ``input_shape`` and ``training`` still make the cache key."""
+    if timer is None:
+        make_timer = training_timer if training else inference_timer
+        timer = make_timer(net, input_shape, device, channels_last)
+    choice = choose_precision(precision_key(device, net, input_shape, training), timer,
                               device_type=device.type, native_bf16=bf16_supported(device))
     if announce is not None:
         announce(choice.line())

@@ -55,7 +55,7 @@ from .diffusion.schedules import F64, NoiseSchedule, make_betas
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, fsync_path, remove_stray_tmp_files
 from .models.autoencoder import Autoencoder, build_autoencoder
-from .models.latent import LatentDiffusionNet
+from .models.latent import DECODE_PAD, LatentDiffusionNet
 from .models.unet import build_unet
 
 CONFIG_FILE = "config.json"
@@ -757,7 +757,7 @@ def _with_autoencoder(unet: nn.Module, cfg: Config) -> nn.Module:
     """``unet`` itself, or for a latent config the :class:`LatentDiffusionNet` with the named autoencoder."""
     if cfg.latent is None:
         return unet
-    return LatentDiffusionNet(unet, load_autoencoder(cfg.latent.autoencoder, cfg).network).eval()
+    return load_autoencoder(cfg.latent.autoencoder, cfg).latent_net(unet).eval()
 
 
 @dataclass(frozen=True)
@@ -768,6 +768,16 @@ class LoadedAutoencoder:
     network: Autoencoder
     config: AutoencoderRunConfig
     weights: str
+
+    @property
+    def decode_pad(self) -> int:
+        """Edge padding its latents need when decoded: none for a decoder trained on interior latents
+        (``loss.interior_margin``), else :data:`~diffsat.models.latent.DECODE_PAD`."""
+        return 0 if self.config.loss.interior_margin else DECODE_PAD
+
+    def latent_net(self, unet: nn.Module) -> LatentDiffusionNet:
+        """``unet`` with this autoencoder, decoding as its training calls for."""
+        return LatentDiffusionNet(unet, self.network, self.decode_pad)
 
 
 def _autoencoder_config(path: Path, named: str) -> AutoencoderRunConfig:

@@ -10,6 +10,7 @@ always uses the generator seeded ``seed + i`` for its starting noise and every l
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -21,8 +22,8 @@ from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
-from .models.latent import LatentDiffusionNet
-from .precision import auto_bf16
+from .models.latent import DECODE_BATCH, LatentDiffusionNet
+from .precision import auto_bf16, inference_timer
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
@@ -201,12 +202,20 @@ def generate(
         )
     sample_classes, scale = class_labels(config, n, settings, labels)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
+    latent_net = net if isinstance(net, LatentDiffusionNet) and decode else None
+    decode_bf16 = settings.bf16
     if settings.bf16 is None:
         calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
         settings = replace(settings, bf16=auto_bf16(prepare_net(net, replace(settings, compile=False), device),
                                                     (calls, *shape), device, channels_last=settings.channels_last,
                                                     announce=print if progress else None))
-    decoder = net.decode if isinstance(net, LatentDiffusionNet) and decode else None
+    if latent_net is not None and decode_bf16 is None:
+        decoder, decoded_shape = latent_net.autoencoder.decoder, latent_net.padded_shape(min(n, DECODE_BATCH), shape)
+        decode_bf16 = auto_bf16(
+            decoder, decoded_shape, device, channels_last=False,
+            timer=inference_timer(decoder, decoded_shape, device, channels_last=False, with_level=False),
+            announce=(lambda line: print(f"decoding: {line}")) if progress else None)
+    decoder = None if latent_net is None else functools.partial(latent_net.decode, bf16=bool(decode_bf16))
     net = prepare_net(net, settings, device)
     sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)

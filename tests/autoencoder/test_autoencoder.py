@@ -13,9 +13,10 @@ from diffsat.autoencoder.losses import (
     psnr,
     ssim,
 )
-from diffsat.autoencoder.quality import bicubic_round_trip, bicubic_side, reconstruction_quality
-from diffsat.config import AutoencoderLossConfig, AutoencoderModelConfig
-from diffsat.models.autoencoder import Autoencoder, PatchDiscriminator
+from diffsat.autoencoder.quality import bicubic_round_trip, bicubic_side, reconstruct, reconstruction_quality
+from diffsat.config import AutoencoderLossConfig, AutoencoderModelConfig, parse_autoencoder_config
+from diffsat.errors import ConfigError
+from diffsat.models.autoencoder import Autoencoder, PatchDiscriminator, interior
 from diffsat.models.unet import ModelShapeError
 
 
@@ -119,3 +120,47 @@ def test_bicubic_baseline_keeps_as_many_values_as_the_latent() -> None:
     assert report["values_per_image"] == 3 * 8 * 8 and report["bicubic_side"] == 8
     for side in ("autoencoder", "bicubic"):
         assert {"psnr", "ssim", "swd", "swd_32px", "swd_16px"} <= set(report[side])
+
+
+def test_a_margin_decodes_the_interior_of_the_latent() -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(small()).eval()  # f = 4
+    x = torch.rand(2, 3, 48, 48) * 2 - 1
+    with torch.no_grad():
+        got, mean, _ = net(x, margin=2)
+        assert mean.shape == (2, 3, 12, 12) and got.shape == (2, 3, 32, 32)  # 48 - 2 * 2 * 4
+        assert torch.allclose(got, net.decode(mean[..., 2:10, 2:10]), atol=1e-6)
+    assert torch.equal(interior(x, 0), x) and torch.equal(interior(x, 8), x[..., 8:40, 8:40])
+
+
+def test_quality_with_a_margin_scores_the_interior_against_bicubic_of_the_interior() -> None:
+    torch.manual_seed(0)
+    net = Autoencoder(small()).eval()
+    images = torch.rand(4, 3, 48, 48) * 2 - 1
+    report = reconstruction_quality(net, images, margin=2)
+    assert report["scored_px"] == 32 and report["values_per_image"] == 3 * 8 * 8 and report["bicubic_side"] == 8
+    inside = images[..., 8:40, 8:40]
+    assert report["autoencoder"]["psnr"] == pytest.approx(float(psnr(reconstruct(net, images, margin=2), inside).mean()))
+    assert report["bicubic"]["psnr"] == pytest.approx(float(psnr(bicubic_round_trip(inside, 8), inside).mean()))
+
+
+@pytest.mark.parametrize("margin, ssim_weight, left", [(2, 0.2, None), (3, 0.2, 8), (3, 0.0, None), (4, 0.0, 0)])
+def test_an_interior_margin_must_leave_something_to_decode(margin, ssim_weight, left) -> None:
+    config = {"autoencoder": {"in_channels": 3, "channel_mults": [1, 2, 4], "image_size": 32},
+              "data": {"kind": "folder", "path": "x", "channels": 3, "image_size": 32},
+              "loss": {"interior_margin": margin, "ssim_weight": ssim_weight}}
+    if left is None:  # 32 - 2 * 3 * 4 = 8 px: enough without SSIM; SSIM needs 11
+        assert parse_autoencoder_config(config).loss.interior_margin == margin
+        return
+    with pytest.raises(ConfigError, match=f"loss.interior_margin \\({margin}\\) leaves a {left} px interior"):
+        parse_autoencoder_config(config)
+
+
+def test_ssim_and_fft_stay_float32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = (x + 0.02 * torch.randn_like(x)).clamp(-1, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ssim(x, y), fft_amplitude_l1(x, y)
+    assert torch.allclose(got[0], ssim(x, y), atol=1e-6) and got[0].max() < 1  # bf16 rounds near-equal images to 1
+    assert torch.allclose(got[1], fft_amplitude_l1(x, y), atol=1e-6)

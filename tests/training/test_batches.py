@@ -11,7 +11,15 @@ from diffsat.data import ImageDataset
 from diffsat.data.transforms import augment
 from diffsat.models.autoencoder import Autoencoder
 from diffsat.training import batches
-from diffsat.training.batches import LatentBatches, apply_view, cached_latents, distinct_views, encode_views
+from diffsat.training.batches import (
+    LatentBatches,
+    apply_view,
+    cached_latents,
+    distinct_views,
+    encode_views,
+    encoding_bf16,
+)
+from diffsat.training.distributed import DistContext
 
 
 def data(**kw) -> DataConfig:
@@ -89,3 +97,26 @@ def test_the_latent_cache_is_reused_and_rebuilt_when_anything_changes(tmp_path: 
     rundir.run_file(tmp_path, rundir.LATENT_CACHE).write_bytes(b"damaged")
     cached_latents(tiny_autoencoder(seed=1), tiles, data(hflip=True, rot90=True), tmp_path, progress=False)
     assert len(calls) == 4
+
+
+def test_bf16_encoding_is_close_and_keyed_in_the_cache(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+    real = batches.encode_views
+    monkeypatch.setattr(batches, "encode_views", lambda *a, **k: calls.append(k["bf16"]) or real(*a, **k))
+    tiles = ImageDataset(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), None, "test")
+    ae, cfg = tiny_autoencoder(), data(hflip=True)
+    fp32 = cached_latents(ae, tiles, cfg, tmp_path, progress=False)
+    bf16 = cached_latents(ae, tiles, cfg, tmp_path, progress=False, bf16=True)
+    cached_latents(ae, tiles, cfg, tmp_path, progress=False, bf16=True)
+    assert calls == [False, True]  # a change of precision rebuilds; the same precision reads the cache
+    assert not torch.equal(fp32, bf16) and (fp32 - bf16).abs().max() < 0.05 * fp32.abs().max()
+
+
+def test_encoding_precision_follows_train_precision_and_auto_times_the_encoder(monkeypatch) -> None:
+    ae, dist = tiny_autoencoder(), DistContext(device=torch.device("cpu"))
+    timed = []
+    monkeypatch.setattr(batches, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, shape)) or True)
+    assert encoding_bf16(ae, (3, 32, 32), "fp32", dist) is False
+    assert encoding_bf16(ae, (3, 32, 32), "bf16", dist) is True and timed == []
+    assert encoding_bf16(ae, (3, 32, 32), "auto", dist) is True
+    assert timed == [(ae.encoder, (batches.ENCODE_BATCH, 3, 32, 32))]

@@ -21,8 +21,11 @@ SSIM_WINDOW = 11
 
 def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM ``(B,)`` of images in [-1, 1] (computed on [0, 1], data range 1, 11x11 Gaussian window,
-    sigma 1.5); 1 for identical images. Differentiable."""
-    return _ssim((x.float() + 1) / 2, (y.float() + 1) / 2, data_range=1.0, size_average=False, win_size=SSIM_WINDOW)
+    sigma 1.5); 1 for identical images. Differentiable. Always float32, also under bf16 autocast: its
+    variances are differences of nearly equal means, which bf16 can make negative (SSIM then explodes)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim((x.float() + 1) / 2, (y.float() + 1) / 2, data_range=1.0, size_average=False,
+                     win_size=SSIM_WINDOW)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -34,8 +37,9 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fft_amplitude_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the orthonormal 2-D FFT amplitudes (a scalar): penalises lost high
     frequencies, which the pixel L1 alone lets the decoder blur."""
-    fx, fy = torch.fft.rfft2(x.float(), norm="ortho"), torch.fft.rfft2(y.float(), norm="ortho")
-    return (fx.abs() - fy.abs()).abs().mean()
+    with torch.autocast(x.device.type, enabled=False):
+        fx, fy = torch.fft.rfft2(x.float(), norm="ortho"), torch.fft.rfft2(y.float(), norm="ortho")
+        return (fx.abs() - fy.abs()).abs().mean()
 
 
 def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation.swd import MIN_RESOLUTION, sliced_wasserstein_distance
-from ..models.autoencoder import Autoencoder
+from ..models.autoencoder import Autoencoder, interior
 from .losses import SSIM_WINDOW, psnr, ssim
 
 
@@ -31,11 +31,13 @@ def bicubic_round_trip(images: torch.Tensor, side: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reconstruct(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """The autoencoder's reconstructions (decoded posterior means) of ``images``: float32, clamped, on the CPU."""
+def reconstruct(autoencoder: Autoencoder, images: torch.Tensor, batch_size: int = 32, margin: int = 0) -> torch.Tensor:
+    """The autoencoder's reconstructions (decoded posterior means) of ``images`` ``(N, C, H, W)``, of their
+    interior without ``margin`` latent pixels a side (``(N, C, H - 2mf, W - 2mf)``): float32, clamped, on the CPU."""
     device = next(autoencoder.parameters()).device
     autoencoder.eval()
-    out = [autoencoder(chunk.to(device))[0].float().clamp(-1, 1).cpu() for chunk in images.split(batch_size)]
+    out = [autoencoder(chunk.to(device), margin=margin)[0].float().clamp(-1, 1).cpu()
+           for chunk in images.split(batch_size)]
     return torch.cat(out)
 
 
@@ -51,16 +53,22 @@ def _measures(reconstructions: torch.Tensor, images: torch.Tensor, seed: int, wi
 
 
 def reconstruction_quality(autoencoder: Autoencoder, images: torch.Tensor, seed: int = 0,
-                           with_swd: bool = True) -> dict:
-    """``{"autoencoder": {...}, "bicubic": {...}, "values_per_image": V, "bicubic_side": s}`` for ``images``
-    ``(N, C, H, W)`` in [-1, 1] (H, W multiples of the autoencoder's factor)."""
+                           with_swd: bool = True, margin: int = 0) -> dict:
+    """``{"autoencoder": {...}, "bicubic": {...}, "values_per_image": V, "bicubic_side": s, "scored_px": S}``
+    for ``images`` ``(N, C, H, W)`` in [-1, 1] (H, W multiples of the autoencoder's factor). With ``margin``
+    (m latent pixels) only the interior ``S = H - 2mf`` pixels a side is scored: the autoencoder encodes the
+    whole image and decodes the latent's interior (as a latent diffusion run decodes latents cut from
+    larger ones), bicubic resizes the interior itself, and ``V`` counts the interior latent's values."""
     images = images.float().cpu()
     n, c, h, w = images.shape
-    values = autoencoder.latent_channels * (h // autoencoder.factor) * (w // autoencoder.factor)
+    f = autoencoder.factor
+    target = interior(images, margin * f)
+    values = autoencoder.latent_channels * (h // f - 2 * margin) * (w // f - 2 * margin)
     side = bicubic_side(c, values)
     return {
-        "autoencoder": _measures(reconstruct(autoencoder, images), images, seed, with_swd),
-        "bicubic": _measures(bicubic_round_trip(images, side), images, seed, with_swd),
+        "autoencoder": _measures(reconstruct(autoencoder, images, margin=margin), target, seed, with_swd),
+        "bicubic": _measures(bicubic_round_trip(target, side), target, seed, with_swd),
         "values_per_image": values,
         "bicubic_side": side,
+        "scored_px": int(target.shape[-1]),
     }

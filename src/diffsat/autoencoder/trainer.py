@@ -24,11 +24,11 @@ from ..data import ImageDataset, load_dataset
 from ..data.transforms import to_model_range
 from ..errors import DiffsatError
 from ..fileio import atomic_write_text
-from ..models.autoencoder import build_autoencoder, build_discriminator
+from ..models.autoencoder import build_autoencoder, build_discriminator, interior
 from ..sample_folder import grid_scale, save_grid
 from ..training.loop import Trainer
 from .losses import AutoencoderLoss, hinge_discriminator_loss
-from .quality import reconstruction_quality
+from .quality import reconstruct, reconstruction_quality
 
 LATENT_STATS_TILES = 256
 GRID_TILES = 8
@@ -76,12 +76,17 @@ class AutoencoderTrainer(Trainer):
     def _adversarial(self) -> bool:
         return self.discriminator is not None and self.step >= self.config.loss.adversarial_start
 
+    @property
+    def margin(self) -> int:
+        return self.config.loss.interior_margin
+
     def _loss(self, net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
         x, _ = self.next_batch()
         a = self.config.autoencoder
         side = x.shape[-1] // a.factor
         noise = torch.randn((x.shape[0], a.latent_channels, side, side), generator=generator)
-        reconstruction, mean, logvar = net(x, noise.to(self.device))
+        reconstruction, mean, logvar = net(x, noise.to(self.device), margin=self.margin)
+        x = interior(x, self.margin * a.factor)
         discriminator = self.discriminator if self._adversarial() else None
         if discriminator is not None:
             discriminator.requires_grad_(False)
@@ -156,17 +161,18 @@ class AutoencoderTrainer(Trainer):
         return subset.model_view(self.config.data, self.config.train.seed)
 
     def sample_grid(self, path: Path, n: int = GRID_TILES) -> None:
-        """Training tiles (first row) above the EMA autoencoder's reconstructions of them (second row)."""
+        """Training tiles (first row) above the EMA autoencoder's reconstructions of them (second row); with
+        ``loss.interior_margin``, of the crops' interiors."""
         x = self._grid_tiles()
         with torch.inference_mode():
-            reconstruction, _, _ = self.ema.model.eval()(x.to(self.device))
-        grid = torch.cat([x, reconstruction.float().clamp(-1, 1).cpu()])
+            reconstruction = reconstruct(self.ema.model, x.to(self.device), margin=self.margin)
+        grid = torch.cat([interior(x, self.margin * self.config.autoencoder.factor), reconstruction])
         save_grid(grid, path, nrow=len(x), scale=grid_scale(self.config.data.image_size))
 
     def evaluate(self) -> dict[str, float]:
         """PSNR and SSIM of the EMA autoencoder on the grid tiles (a cheap trend while training)."""
         report = reconstruction_quality(self.ema.model, self._grid_tiles().to(self.device), seed=self.config.train.seed,
-                                        with_swd=False)
+                                        with_swd=False, margin=self.margin)
         return {f"recon_{k}": v for k, v in report["autoencoder"].items()}
 
     def finish(self) -> None:
@@ -175,12 +181,15 @@ class AutoencoderTrainer(Trainer):
 
     def write_reconstruction_report(self) -> dict:
         """Reconstruction quality on the held-out tiles (``data.holdout``; the training tiles when there are
-        none, and the file says so) beside bicubic, written to ``reconstruction.json``."""
-        data = self.config.data
+        none, and the file says so) beside bicubic, written to ``reconstruction.json``. With
+        ``loss.interior_margin`` the crops are cut larger by the margin where the tiles allow, so that
+        ``data.image_size`` pixels a side are scored (:func:`reconstruction_quality`)."""
+        data, f = self.config.data, self.config.autoencoder.factor
         held_out = data.holdout is not None
         tiles = load_dataset(data.model_copy(update={"split": "test"})) if held_out else self.dataset
-        images = tiles.model_view(data, self.config.train.seed)
-        report = reconstruction_quality(self.ema.model, images, seed=self.config.train.seed)
+        size = min(data.image_size + 2 * self.margin * f, tiles.resolution // f * f)
+        images = tiles.model_view(data.model_copy(update={"image_size": size}), self.config.train.seed)
+        report = reconstruction_quality(self.ema.model, images, seed=self.config.train.seed, margin=self.margin)
         report.update({"held_out": held_out, "images": len(images), "step": self.step})
         atomic_write_text(rundir.run_file(self.run_dir, rundir.RECONSTRUCTION_FILE), json.dumps(report, indent=2))
         return report

@@ -99,6 +99,11 @@ class Decoder(nn.Module):
         return self.out(self.ups(self.mid(self.init_conv(z))))
 
 
+def interior(x: torch.Tensor, margin: int) -> torch.Tensor:
+    """``x`` ``(..., H, W)`` without ``margin`` pixels on each side: ``(..., H - 2 margin, W - 2 margin)``."""
+    return x[..., margin : x.shape[-2] - margin, margin : x.shape[-1] - margin] if margin else x
+
+
 class Autoencoder(nn.Module):
     """KL-regularised convolutional autoencoder (latent diffusion's "KL-f4/f8" autoencoders, SR3 blocks)."""
 
@@ -127,14 +132,16 @@ class Autoencoder(nn.Module):
         """Latents ``(B, L, h, w)`` (un-normalised) -> images ``(B, C, h*f, w*f)``, about [-1, 1] (not clamped)."""
         return self.decoder(z)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, margin: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruct ``x``: returns ``(reconstruction (B, C, H, W), mean, logvar)``. ``noise``: standard
-        normal ``(B, L, H/f, W/f)`` for the posterior sample ``z = mean + exp(logvar / 2) * noise``; ``None``
-        decodes the mean."""
+        """Reconstruct ``x``: returns ``(reconstruction (B, C, H - 2mf, W - 2mf), mean, logvar)`` (the latents
+        ``(B, L, H/f, W/f)``). ``noise``: standard normal like the latents, for the posterior sample
+        ``z = mean + exp(logvar / 2) * noise``; ``None`` decodes the mean. ``margin`` (m): latent pixels cut
+        from each side of ``z`` before decoding, so the reconstruction is of the interior ``x[..., mf:-mf,
+        mf:-mf]`` (:func:`interior`)."""
         mean, logvar = self.encode(x)
         z = mean if noise is None else mean + torch.exp(0.5 * logvar) * noise.to(mean)
-        return self.decode(z), mean, logvar
+        return self.decode(interior(z, margin)), mean, logvar
 
     def normalise(self, z: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, L, h, w)`` -> ``(z - latent_mean) / latent_std`` per channel (the diffusion model's space)."""

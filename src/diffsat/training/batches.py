@@ -10,13 +10,16 @@ and ``rot90``) and the normalised latents of all views are cached in the run dir
 (:data:`diffsat.rundir.LATENT_CACHE`, float16). A step then draws a view per image and a crop of the latent:
 a random crop of ``image_size / f`` latent pixels stands for the image crop at the same offset times ``f``
 (the encoder is convolutional: equal away from the tile's border). The cache is rebuilt when the
-autoencoder's weights, the data config or the tiles change.
+autoencoder's weights, the data config, the tiles or the encoding precision change. The encoding runs under
+bf16 autocast when ``train.precision`` says so (``auto``: when a timing of the encoder finds it faster), and
+its seconds count towards the run's ``train.time_limit_minutes`` (a batch source's ``setup_s``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +35,21 @@ from ..data.transforms import Shard, augment, crop, randint_sharded, to_model_ra
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..models.autoencoder import Autoencoder
+from ..precision import auto_bf16, inference_timer
 from .distributed import DistContext
 
 BatchSource = Callable[[torch.Tensor, torch.Generator, Shard], torch.Tensor]
+"""Also has ``setup_s``: seconds spent preparing it (encoding latents), counted by the time limit."""
+ENCODE_BATCH = 32
+"""Tiles encoded per call when a latent cache is built."""
 View = tuple[bool, bool, int]
 """(flip width axis, flip height axis, quarter turns), applied in this order, as :func:`augment` does."""
 
 
 class PixelBatches:
     """Batches of the held tiles ``(N, C, H, W)`` (uint8 or float32), cropped and augmented by ``data``."""
+
+    setup_s = 0.0
 
     def __init__(self, tiles: torch.Tensor, data: DataConfig) -> None:
         self.tiles, self.data = tiles, data
@@ -73,10 +82,11 @@ def distinct_views(data: DataConfig) -> list[View]:
 
 
 class LatentBatches:
-    """Batches of cached latents ``(N, V, L, h, w)`` (float32, normalised): a view and a crop per image."""
+    """Batches of cached latents ``(N, V, L, h, w)`` (float32, normalised): a view and a crop per image.
+    ``setup_s``: the seconds it took to encode (or read) them."""
 
-    def __init__(self, latents: torch.Tensor, size: int, random_crop: bool) -> None:
-        self.latents, self.size, self.random_crop = latents, size, random_crop
+    def __init__(self, latents: torch.Tensor, size: int, random_crop: bool, setup_s: float = 0.0) -> None:
+        self.latents, self.size, self.random_crop, self.setup_s = latents, size, random_crop, setup_s
 
     def __call__(self, idx: torch.Tensor, generator: torch.Generator, shard: Shard) -> torch.Tensor:
         views = randint_sharded(self.latents.shape[1], len(idx), generator, shard).to(self.latents.device)
@@ -84,11 +94,12 @@ class LatentBatches:
         return crop(chosen, self.size, generator if self.random_crop else None, shard).float().contiguous()
 
 
-def encode_views(autoencoder: Autoencoder, tiles: torch.Tensor, views: list[View], batch_size: int = 32,
-                 progress: bool = True) -> torch.Tensor:
+def encode_views(autoencoder: Autoencoder, tiles: torch.Tensor, views: list[View], batch_size: int = ENCODE_BATCH,
+                 progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """Normalised mean latents of every tile under every view: ``(N, V, L, H/f, W/f)`` float32 on the CPU.
 
-    ``tiles``: ``(N, C, H, W)`` uint8 or float32 in [-1, 1], ``H`` and ``W`` multiples of the factor."""
+    ``tiles``: ``(N, C, H, W)`` uint8 or float32 in [-1, 1], ``H`` and ``W`` multiples of the factor.
+    ``bf16``: encode under bf16 autocast (the normalisation stays float32)."""
     device = next(autoencoder.parameters()).device
     out = []
     bar = tqdm(total=len(tiles) * len(views), desc="encoding latents", unit="image", disable=not progress)
@@ -97,8 +108,9 @@ def encode_views(autoencoder: Autoencoder, tiles: torch.Tensor, views: list[View
             x = to_model_range(chunk.to(device))
             per_view = []
             for view in views:
-                mean, _ = autoencoder.encode(apply_view(x, view).contiguous())
-                per_view.append(autoencoder.normalise(mean).float().cpu())
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    mean, _ = autoencoder.encode(apply_view(x, view).contiguous())
+                per_view.append(autoencoder.normalise(mean.float()).cpu())
                 bar.update(len(chunk))
             out.append(torch.stack(per_view, dim=1))
     return torch.cat(out)
@@ -114,11 +126,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(autoencoder: Autoencoder, dataset: ImageDataset, data: DataConfig, views: list[View]) -> str:
+def _cache_key(autoencoder: Autoencoder, dataset: ImageDataset, data: DataConfig, views: list[View],
+               bf16: bool) -> str:
     tiles = dataset.tiles
     return json.dumps({"autoencoder": weights_digest(autoencoder), "data": data.model_dump(mode="json"),
                        "tiles": list(tiles.shape), "tiles_sum": float(tiles.sum(dtype=torch.float64)),
-                       "views": [list(v) for v in views]}, sort_keys=True)
+                       "views": [list(v) for v in views], "bf16": bf16}, sort_keys=True)
 
 
 def _read_cache(path: Path, key: str) -> torch.Tensor | None:
@@ -134,33 +147,49 @@ def _read_cache(path: Path, key: str) -> torch.Tensor | None:
 
 
 def cached_latents(autoencoder: Autoencoder, dataset: ImageDataset, data: DataConfig, run_dir: Path,
-                   progress: bool = True) -> torch.Tensor:
+                   progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """The latents of ``dataset`` under ``data``'s views (:func:`encode_views`) as float16 values in a float32
     ``(N, V, L, h, w)`` tensor, read from the run's cache when it was made with the same autoencoder weights,
-    data config and tiles, else computed and cached."""
+    data config, tiles and precision (``bf16``), else computed and cached."""
     views = distinct_views(data)
-    key = _cache_key(autoencoder, dataset, data, views)
+    key = _cache_key(autoencoder, dataset, data, views, bf16)
     path = rundir.run_file(run_dir, rundir.LATENT_CACHE)
     latents = _read_cache(path, key)
     if latents is None:
-        stored = encode_views(autoencoder, dataset.tiles, views, progress=progress).half().contiguous()
+        stored = encode_views(autoencoder, dataset.tiles, views, progress=progress, bf16=bf16).half().contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda p: save_file({"latents": stored}, p, metadata={"key": key}))
         latents = stored.float()  # the values a resumed run reads back
     return latents
 
 
+def encoding_bf16(autoencoder: Autoencoder, tile_shape: tuple[int, ...], precision: str, dist: DistContext) -> bool:
+    """Whether a latent run encodes under bf16 autocast: ``train.precision`` ``bf16``/``fp32`` as said, ``auto``
+    as rank 0's timing of the encoder on ``(ENCODE_BATCH, *tile_shape)`` tiles finds (every rank takes it)."""
+    if precision != "auto":
+        return precision == "bf16"
+    shape = (ENCODE_BATCH, *tile_shape)
+    choice = dist.is_main and auto_bf16(
+        autoencoder.encoder, shape, dist.device, channels_last=False,
+        timer=inference_timer(autoencoder.encoder, shape, dist.device, channels_last=False, with_level=False),
+        announce=lambda line: print(f"encoding latents: {line}", flush=True))
+    return bool(dist.broadcast_from_main(int(choice)))
+
+
 def latent_batches(autoencoder: Autoencoder, dataset: ImageDataset, config: Config, run_dir: Path,
                    dist: DistContext) -> LatentBatches:
     """The batch source of a latent run: rank 0 builds (or reads) the cache, then every rank reads it."""
+    start = time.perf_counter()
     data, factor = config.data, autoencoder.factor
     held = dataset.tiles.shape[-1]
     if held % factor:
         raise ConfigError(f"data: tiles are held at {held} px, which the autoencoder's factor {factor} does not "
                           f"divide: set data.load_size to a multiple of {factor}")
+    bf16 = encoding_bf16(autoencoder, tuple(dataset.tiles.shape[1:]), config.train.precision, dist)
     if dist.is_main:
-        latents = cached_latents(autoencoder, dataset, data, run_dir)
+        latents = cached_latents(autoencoder, dataset, data, run_dir, bf16=bf16)
     dist.barrier()
     if not dist.is_main:
-        latents = cached_latents(autoencoder, dataset, data, run_dir, progress=False)
-    return LatentBatches(latents.to(dist.device), data.image_size // factor, data.random_crop)
+        latents = cached_latents(autoencoder, dataset, data, run_dir, progress=False, bf16=bf16)
+    return LatentBatches(latents.to(dist.device), data.image_size // factor, data.random_crop,
+                         setup_s=time.perf_counter() - start)

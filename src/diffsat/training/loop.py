@@ -28,10 +28,8 @@ from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..errors import CheckpointError, DiffsatError, TrainingDivergedError
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
-from ..models.autoencoder import Autoencoder
-from ..models.latent import LatentDiffusionNet
 from ..models.unet import build_unet
-from ..precision import auto_bf16
+from ..precision import auto_bf16, training_timer
 from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
 from .batches import BatchSource, PixelBatches, latent_batches
@@ -102,7 +100,7 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 class TrainResult:
     run_dir: Path
     step: int
-    elapsed_s: float  # time spent in training steps (what train.time_limit_minutes counts)
+    elapsed_s: float  # training steps and batch preparation (latent encoding): what train.time_limit_minutes counts
     wall_s: float  # the whole call: steps, sample grids, evaluation, checkpoints
     last_loss: float
     stopped_by: str  # "max_steps" | "time_limit"
@@ -150,14 +148,15 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         # fused: one kernel for all parameters instead of a loop over them
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
-        self.bf16 = self._resolve_bf16()
         self.setup_objective()
         self.step, self.elapsed_s, self.flops_per_image = 0, 0.0, 0.0
+        self.bf16 = self._resolve_bf16()
         self.saved_step: int | None = None  # the step of the last checkpoint committed or resumed from
         if resume:
             self._resume()
         else:
             self._start_afresh()
+        self.elapsed_s += self.batches.setup_s  # a latent run's encoding counts towards its time limit
         net = DistributedDataParallel(self.model) if self.dist.distributed else self.model
         self.net = compiled_for_training(net, self.device) if tc.compile else net
         self.metrics: MetricsLog | None = None
@@ -186,19 +185,22 @@ class Trainer:
         m = self.config.model
         return (self.config.train.batch_size, m.in_channels, m.image_size, m.image_size)
 
-    def frozen_autoencoder(self) -> Autoencoder | None:
-        """A latent run's autoencoder (frozen, on the device; checked against the config), else None."""
+    def frozen_autoencoder(self) -> rundir.LoadedAutoencoder | None:
+        """A latent run's autoencoder run (its network frozen, on the device; checked against the config),
+        else None."""
         latent = self.config.latent
         if latent is None:
             return None
-        return rundir.load_autoencoder(latent.autoencoder, self.config).network.to(self.device)
+        loaded = rundir.load_autoencoder(latent.autoencoder, self.config)
+        loaded.network.to(self.device)
+        return loaded
 
     def make_batches(self) -> BatchSource:
         """Where each step's batch comes from: the held tiles (augmented), or for a latent run their cached
         latents (:func:`diffsat.training.batches.latent_batches`)."""
         if self.autoencoder is None:
             return PixelBatches(self.dataset.tiles.to(self.device), self.config.data)
-        return latent_batches(self.autoencoder, self.dataset, self.config, self.run_dir, self.dist)
+        return latent_batches(self.autoencoder.network, self.dataset, self.config, self.run_dir, self.dist)
 
     def setup_objective(self) -> None:
         """The noise schedule and the diffusion loss."""
@@ -218,7 +220,7 @@ class Trainer:
     def sampling_network(self, network: torch.nn.Module) -> torch.nn.Module:
         """What :func:`diffsat.sampling.generate` samples: the U-Net, or for a latent run the U-Net with the
         autoencoder that decodes its latents."""
-        return network if self.autoencoder is None else LatentDiffusionNet(network, self.autoencoder)
+        return network if self.autoencoder is None else self.autoencoder.latent_net(network)
 
     def _resolve_bf16(self) -> bool:
         """``train.precision`` as a yes/no for bf16 autocast; ``auto`` times this model's training step
@@ -226,8 +228,10 @@ class Trainer:
         tc = self.config.train
         if tc.precision != "auto":
             return tc.precision == "bf16"
+        timer = training_timer(self.model, self.input_shape(), self.device, tc.channels_last,
+                               loss=lambda: self._loss(self.model, torch.Generator()))
         choice = auto_bf16(self.model, self.input_shape(), self.device, channels_last=tc.channels_last, training=True,
-                           announce=print if self.dist.is_main else None)
+                           timer=timer, announce=print if self.dist.is_main else None)
         return self.dist.all_true(choice)
 
     @property
@@ -398,7 +402,8 @@ class Trainer:
             self.sample_grid(rundir.grid_path(self.run_dir, self.step))
 
     def run(self, progress: bool = True) -> TrainResult:
-        """Train until ``max_steps`` or ``time_limit_minutes`` of step time; save, plot, and return a summary.
+        """Train until ``max_steps`` or ``time_limit_minutes`` of step time (with a latent run's encoding);
+        save, plot, and return a summary.
 
         Ctrl-C saves a checkpoint before stopping, so ``--resume`` continues from the last step taken.
         """
