@@ -189,15 +189,13 @@ def frame(args: argparse.Namespace) -> None:
         row = {"stage": "frame", "autoencoder": str(run_dir), "tiles": len(whole), "decode_pad_used": loaded.decode_pad}
         with torch.inference_mode():
             latent = ae.encode(whole)[0]
+            cut_latent = latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f]
             for pad in (0, 2):
-                z = latent[..., cut // f - pad : (cut + size) // f + pad, cut // f - pad : (cut + size) // f + pad]
-                decoded = interior(ae.decode(z).clamp(-1, 1), pad * f)  # real context, not replicated
-                replicated = interior(ae.decode(torch.nn.functional.pad(
-                    latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f], (pad,) * 4,
-                    mode="replicate")).clamp(-1, 1), pad * f)
-                row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(replicated, target)
-                if pad:
-                    row[f"cut_pad{pad}_true_context"] = ring_and_inside_l1(decoded, target)
+                padded = torch.nn.functional.pad(cut_latent, (pad,) * 4, mode="replicate")
+                row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(
+                    interior(ae.decode(padded).clamp(-1, 1), pad * f), target)
+            context = latent[..., cut // f - 2 : (cut + size) // f + 2, cut // f - 2 : (cut + size) // f + 2]
+            row["cut_pad2_true_context"] = ring_and_inside_l1(interior(ae.decode(context).clamp(-1, 1), 2 * f), target)
             row["crop_encoded_itself"] = ring_and_inside_l1(ae(target)[0].clamp(-1, 1), target)
         record(args.out, row)
 

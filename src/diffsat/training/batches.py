@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,8 +38,16 @@ from ..models.autoencoder import Autoencoder
 from ..precision import auto_bf16, inference_timer
 from .distributed import DistContext
 
-BatchSource = Callable[[torch.Tensor, torch.Generator, Shard], torch.Tensor]
-"""Also has ``setup_s``: seconds spent preparing it (encoding latents), counted by the time limit."""
+
+class BatchSource(Protocol):
+    """Called with a step's image indices, generator and shard; returns the batch. ``setup_s``: the seconds
+    spent preparing it (encoding a latent run's tiles), which the time limit counts."""
+
+    setup_s: float
+
+    def __call__(self, idx: torch.Tensor, generator: torch.Generator, shard: Shard) -> torch.Tensor: ...
+
+
 ENCODE_BATCH = 32
 """Tiles encoded per call when a latent cache is built."""
 View = tuple[bool, bool, int]
