@@ -176,6 +176,7 @@ def frame(args: argparse.Namespace) -> None:
     from diffsat.config import load_any_config
     from diffsat.data import load_dataset
     from diffsat.models.autoencoder import interior
+    from diffsat.models.latent import LatentDiffusionNet
     from diffsat.rundir import load_autoencoder
 
     for run_dir in args.autoencoders:
@@ -189,11 +190,10 @@ def frame(args: argparse.Namespace) -> None:
         row = {"stage": "frame", "autoencoder": str(run_dir), "tiles": len(whole), "decode_pad_used": loaded.decode_pad}
         with torch.inference_mode():
             latent = ae.encode(whole)[0]
-            cut_latent = latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f]
-            for pad in (0, 2):
-                padded = torch.nn.functional.pad(cut_latent, (pad,) * 4, mode="replicate")
-                row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(
-                    interior(ae.decode(padded).clamp(-1, 1), pad * f), target)
+            cut_latent = ae.normalise(latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f])
+            for pad in (0, 2):  # as sampled latents are decoded, with and without edge padding
+                decoded = LatentDiffusionNet(torch.nn.Identity(), ae, decode_pad=pad).decode(cut_latent)
+                row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(decoded, target)
             context = latent[..., cut // f - 2 : (cut + size) // f + 2, cut // f - 2 : (cut + size) // f + 2]
             row["cut_pad2_true_context"] = ring_and_inside_l1(interior(ae.decode(context).clamp(-1, 1), 2 * f), target)
             row["crop_encoded_itself"] = ring_and_inside_l1(ae(target)[0].clamp(-1, 1), target)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffsat import rundir, sampling
+from diffsat import precision, rundir, sampling
 from diffsat.cd.config import FeatureConfig
 from diffsat.cd.features import FeatureError, load_backbone
 from diffsat.cli import main
@@ -213,7 +213,12 @@ def test_sampling_in_precision_auto_times_the_decoder_too(trained, tmp_path: Pat
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     loaded = rundir.load_model(tmp_path / "run")
     timed = []
-    monkeypatch.setattr(sampling, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, tuple(shape))) or False)
+    def record(net, shape, *args, **kwargs) -> bool:
+        timed.append((net, tuple(shape)))
+        return False
+
+    monkeypatch.setattr(sampling, "auto_bf16", record)  # the U-Net's choice
+    monkeypatch.setattr(precision, "auto_bf16", record)  # the decoder's, through auto_bf16_without_level
     images = generate(loaded.network, loaded.config, 3, 0, SampleSettings("dpm++", steps=2, device="cpu"),
                       progress=False)
     pad = loaded.network.decode_pad

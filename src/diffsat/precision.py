@@ -248,6 +248,14 @@ def auto_bf16(net: torch.nn.Module, input_shape: Sequence[int], device: torch.de
     return choice.bf16
 
 
+def auto_bf16_without_level(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device,
+                            announce: Callable[[str], None] | None = print) -> bool:
+    """:func:`auto_bf16` for a network called as ``net(x)`` in inference, on contiguous ``(B, C, H, W)``
+    input: an autoencoder's encoder or decoder."""
+    timer = inference_timer(net, input_shape, device, channels_last=False, with_level=False)
+    return auto_bf16(net, input_shape, device, channels_last=False, timer=timer, announce=announce)
+
+
 def bf16_difference(net: torch.nn.Module, x: torch.Tensor, level: float, objective: str = "eps") -> dict[str, float]:
     """How far bf16 autocast moves one inference call of ``net`` from fp32, at input ``x`` (B, C, H, W) and
     noise level ``level`` (sqrt(alpha_bar) in (0, 1)).

@@ -23,7 +23,7 @@ from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
 from .models.latent import DECODE_BATCH, LatentDiffusionNet
-from .precision import auto_bf16, inference_timer
+from .precision import auto_bf16, auto_bf16_without_level
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
@@ -210,10 +210,8 @@ def generate(
                                                     (calls, *shape), device, channels_last=settings.channels_last,
                                                     announce=print if progress else None))
     if latent_net is not None and decode_bf16 is None:
-        decoder, decoded_shape = latent_net.autoencoder.decoder, latent_net.padded_shape(min(n, DECODE_BATCH), shape)
-        decode_bf16 = auto_bf16(
-            decoder, decoded_shape, device, channels_last=False,
-            timer=inference_timer(decoder, decoded_shape, device, channels_last=False, with_level=False),
+        decode_bf16 = auto_bf16_without_level(
+            latent_net.autoencoder.decoder, latent_net.padded_shape(min(n, DECODE_BATCH), shape), device,
             announce=(lambda line: print(f"decoding: {line}")) if progress else None)
     decoder = None if latent_net is None else functools.partial(latent_net.decode, bf16=bool(decode_bf16))
     net = prepare_net(net, settings, device)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffsat import rundir
+from diffsat import precision, rundir
 from diffsat.config import AutoencoderModelConfig, DataConfig
 from diffsat.data import ImageDataset
 from diffsat.data.transforms import augment
@@ -115,7 +115,7 @@ def test_bf16_encoding_is_close_and_keyed_in_the_cache(tmp_path: Path, monkeypat
 def test_encoding_precision_follows_train_precision_and_auto_times_the_encoder(monkeypatch) -> None:
     ae, dist = tiny_autoencoder(), DistContext(device=torch.device("cpu"))
     timed = []
-    monkeypatch.setattr(batches, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, shape)) or True)
+    monkeypatch.setattr(precision, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, shape)) or True)
     assert encoding_bf16(ae, (3, 32, 32), "fp32", dist) is False
     assert encoding_bf16(ae, (3, 32, 32), "bf16", dist) is True and timed == []
     assert encoding_bf16(ae, (3, 32, 32), "auto", dist) is True

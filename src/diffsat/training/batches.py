@@ -35,7 +35,7 @@ from ..data.transforms import Shard, augment, crop, randint_sharded, to_model_ra
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..models.autoencoder import Autoencoder
-from ..precision import auto_bf16, inference_timer
+from ..precision import auto_bf16_without_level
 from .distributed import DistContext
 
 
@@ -176,10 +176,8 @@ def encoding_bf16(autoencoder: Autoencoder, tile_shape: tuple[int, ...], precisi
     as rank 0's timing of the encoder on ``(ENCODE_BATCH, *tile_shape)`` tiles finds (every rank takes it)."""
     if precision != "auto":
         return precision == "bf16"
-    shape = (ENCODE_BATCH, *tile_shape)
-    choice = dist.is_main and auto_bf16(
-        autoencoder.encoder, shape, dist.device, channels_last=False,
-        timer=inference_timer(autoencoder.encoder, shape, dist.device, channels_last=False, with_level=False),
+    choice = dist.is_main and auto_bf16_without_level(
+        autoencoder.encoder, (ENCODE_BATCH, *tile_shape), dist.device,
         announce=lambda line: print(f"encoding latents: {line}", flush=True))
     return bool(dist.broadcast_from_main(int(choice)))
 
