@@ -1,6 +1,6 @@
 """How long the training step waits for data: time per batch of the in-memory data path.
 
-The training loop builds each batch synchronously in ``Trainer.next_batch``: seeded indices
+The training loop builds each batch synchronously in ``DiffusionTask.batch``: seeded indices
 (``batch_indices``), a gather from the held tiles, then ``augment`` (crop to ``image_size``, flips,
 quarter turns, uint8 -> float32). Whatever that costs, the step waits for it. This script times exactly
 that sequence on UC Merced (1,600 tiles of 128 px) for a few data paths and reports milliseconds per
@@ -27,7 +27,7 @@ import torch
 from diffsat.config import DataConfig
 from diffsat.data import load_dataset
 from diffsat.data.transforms import augment
-from diffsat.training.loop import batch_indices, step_seed
+from diffsat.seeding import batch_indices, step_generator
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -42,7 +42,7 @@ def one_batch(tiles: torch.Tensor, cfg: DataConfig, batch: int, step: int) -> fl
     """Seconds to build the batch of ``step`` as the loop does: ``augment(tiles[idx], cfg, generator)``."""
     t0 = time.perf_counter()
     idx = batch_indices(len(tiles), batch, step, seed=0)
-    generator = torch.Generator().manual_seed(step_seed(0, step) ^ 1)
+    generator = step_generator(0, step, 1)
     x = augment(tiles[idx], cfg, generator)
     elapsed = time.perf_counter() - t0
     assert x.shape == (batch, 3, cfg.image_size, cfg.image_size) and x.dtype == torch.float32

@@ -108,17 +108,18 @@ def timed_sample(run_dir: Path, out: Path, n: int, extra: list[str]) -> float:
     return float(re.search(r"in ([0-9.]+) s", text).group(1))
 
 
-def sampling_seconds(network: torch.nn.Module, config, n: int, sampler: str, steps: int, bf16: bool | None) -> float:
-    """Seconds to draw ``n`` images in one batch; ``bf16=None`` (precision auto) first draws once untimed,
-    so the one-off precision measurement (cached afterwards) is not counted."""
+def sampling_seconds(loaded, n: int, sampler: str, steps: int, precision: str) -> float:
+    """Seconds to draw ``n`` images of ``loaded`` (a :class:`~diffsat.rundir.LoadedModel`, decoded through its
+    encoder) in one batch; ``precision`` ``auto`` first draws once untimed, so the one-off precision
+    measurement (cached afterwards) is not counted."""
     from diffsat.sampling import SampleSettings, generate
 
-    settings = SampleSettings(sampler, steps=steps, batch_size=n, device="cpu", bf16=bf16)
+    settings = SampleSettings(sampler, steps=steps, batch_size=n, device="cpu", precision=precision)
     with torch.inference_mode():
-        if bf16 is None:
-            generate(network, config, n, 0, settings, progress=False)
+        if precision == "auto":
+            generate(loaded.network, loaded.config, n, 0, settings, encoder=loaded.encoder, progress=False)
         start = time.perf_counter()
-        generate(network, config, n, 0, settings, progress=False)
+        generate(loaded.network, loaded.config, n, 0, settings, encoder=loaded.encoder, progress=False)
     return time.perf_counter() - start
 
 
@@ -129,10 +130,9 @@ def speed(args: argparse.Namespace) -> None:
 
     latent, pixel = load_model(args.out / "latent"), random_model(PIXEL_CONFIG)
     row = {"stage": "speed", "n": args.n, "sampler": args.sampler, "steps": args.steps}
-    for precision, bf16 in (("auto", None), ("fp32", False)):
+    for precision in ("auto", "fp32"):
         for name, loaded in (("latent", latent), ("pixel", pixel)):
-            row[f"{name}_{precision}_s"] = sampling_seconds(loaded.network, loaded.config, args.n, args.sampler,
-                                                            args.steps, bf16)
+            row[f"{name}_{precision}_s"] = sampling_seconds(loaded, args.n, args.sampler, args.steps, precision)
         row[f"speedup_{precision}"] = row[f"pixel_{precision}_s"] / row[f"latent_{precision}_s"]
     record(args.out, row)
 
@@ -176,7 +176,7 @@ def frame(args: argparse.Namespace) -> None:
     from diffsat.config import load_any_config
     from diffsat.data import load_dataset
     from diffsat.models.autoencoder import interior
-    from diffsat.models.latent import LatentDiffusionNet
+    from diffsat.models.encoders import AutoencoderLatents
     from diffsat.rundir import load_autoencoder
 
     for run_dir in args.autoencoders:
@@ -192,7 +192,7 @@ def frame(args: argparse.Namespace) -> None:
             latent = ae.encode(whole)[0]
             cut_latent = ae.normalise(latent[..., cut // f : (cut + size) // f, cut // f : (cut + size) // f])
             for pad in (0, 2):  # as sampled latents are decoded, with and without edge padding
-                decoded = LatentDiffusionNet(torch.nn.Identity(), ae, decode_pad=pad).decode(cut_latent)
+                decoded = AutoencoderLatents(ae, decode_pad=pad).decode(cut_latent)
                 row[f"cut_pad{pad}_replicate"] = ring_and_inside_l1(decoded, target)
             context = latent[..., cut // f - 2 : (cut + size) // f + 2, cut // f - 2 : (cut + size) // f + 2]
             row["cut_pad2_true_context"] = ring_and_inside_l1(interior(ae.decode(context).clamp(-1, 1), 2 * f), target)

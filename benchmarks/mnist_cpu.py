@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--skip-train", action="store_true", help="reuse the run in --out")
     args = parser.parse_args()
-    from diffsat.training.metrics import read_metrics
+    from diffsat.rundir import read_metrics
     from diffsat.training.throughput import matmul_peak_gflops
 
     run = args.out / "run"

@@ -38,7 +38,7 @@ def run_candidate(job: dict) -> dict:
     from diffsat.data.mnist import load_mnist_idx
     from diffsat.evaluation import load_classifier
     from diffsat.sampling import SampleSettings, generate
-    from diffsat.training.loop import Trainer
+    from diffsat.training.runs import make_trainer
 
     torch.set_num_threads(2)
     overrides = ["train.time_limit_minutes=null", f"train.max_steps={job['steps']}", f"data.path={job['mnist']}",
@@ -46,7 +46,7 @@ def run_candidate(job: dict) -> dict:
     config = load_config(ROOT / "configs" / "mnist_cpu.json", overrides + job.get("set", []))
     run_dir = Path(job["out"]) / job["name"]
     start = time.perf_counter()
-    trainer = Trainer(config, run_dir)
+    trainer = make_trainer(config, run_dir)
     result = trainer.run(progress=False)
     train_s = time.perf_counter() - start
     classifier = load_classifier(job["classifier"]).to(job["device"])

@@ -71,7 +71,7 @@ def plan_items(only: list[str] | None, plan: str = "nfe") -> list[tuple[str, int
 def timed_generate(net, n: int, seed: int, settings: SampleSettings) -> tuple[torch.Tensor, float, float]:
     """``(images (n, 1, 28, 28), wall seconds, process CPU seconds / threads)`` of one generate call."""
     wall, cpu = time.perf_counter(), time.process_time()
-    images = generate(net.network, net.config, n, seed, settings, progress=True)
+    images = generate(net.network, net.config, n, seed, settings, encoder=net.encoder, progress=True)
     return images, time.perf_counter() - wall, (time.process_time() - cpu) / torch.get_num_threads()
 
 

@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffsat.config import Config
 from diffsat.models.unet import build_unet, count_parameters
-from diffsat.precision import bf16_difference as precision_difference
+from diffsat.diffusion.objective import bf16_difference as precision_difference
 from diffsat.runtime import cpu_has_bf16
 from diffsat.sampling import SampleSettings, generate, prepare_net
 
@@ -109,7 +109,8 @@ def measure_levers(net: torch.nn.Module, flops: int, evals: int) -> list[dict]:
 
 def bf16_difference(net: torch.nn.Module) -> dict:
     """bf16-vs-fp32 difference of the raw output (relative to its largest entry, and in rms) and of the
-    clipped x0 estimate (in image units, [-1, 1]) at two noise levels (:func:`diffsat.precision.bf16_difference`)."""
+    clipped x0 estimate (in image units, [-1, 1]) at two noise levels
+    (:func:`diffsat.diffusion.objective.bf16_difference`)."""
     out = {}
     x, _ = inputs(True)
     net.to(memory_format=torch.channels_last)
@@ -136,12 +137,14 @@ def measure_compile(net: torch.nn.Module, flops: int, evals: int) -> tuple[torch
     return compiled, dict(precision="fp32", channels_last=True, first=first, seconds=best, cpu=cpu)
 
 
-def measure_dpm(net: torch.nn.Module, steps_list: list[int], bf16: bool | None, channels_last: bool) -> list[dict]:
+def measure_dpm(net: torch.nn.Module, steps_list: list[int], precision: str, channels_last: bool) -> list[dict]:
     """Seconds per image of ``generate`` (batch 1) with DPM-Solver++; ``net`` may be a compiled module;
-    ``bf16=None`` is ``precision auto`` (its one-off measurement, when not cached, counts in the first row)."""
+    ``precision``: ``fp32``, ``bf16`` or ``auto`` (its one-off measurement, when not cached, counts in the first
+    row)."""
     rows = []
     for steps in steps_list:
-        settings = SampleSettings("dpm++", steps, batch_size=1, bf16=bf16, channels_last=channels_last, device="cpu")
+        settings = SampleSettings("dpm++", steps, batch_size=1, precision=precision, channels_last=channels_last,
+                                  device="cpu")
         start, start_cpu = time.perf_counter(), time.process_time()
         image = generate(net, CONFIG, 1, 0, settings, progress=True)
         seconds, cpu = time.perf_counter() - start, (time.process_time() - start_cpu) / torch.get_num_threads()
@@ -187,7 +190,7 @@ def main() -> None:
         precision = "precision auto" if args.auto else best["precision"]
         print(f"per image ({how}{precision}, channels_last={best['channels_last']}):", flush=True)
         net.to(memory_format=torch.channels_last if best["channels_last"] else torch.contiguous_format)
-        measure_dpm(runner, args.steps, None if args.auto else best["precision"] == "bf16", best["channels_last"])
+        measure_dpm(runner, args.steps, "auto" if args.auto else best["precision"], best["channels_last"])
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
 
 

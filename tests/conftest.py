@@ -4,6 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# `pytest -n 2` runs two worker processes on the two cores: one torch thread each (and in the processes they
+# start), since two workers of two threads each would oversubscribe the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

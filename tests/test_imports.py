@@ -108,3 +108,33 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 def test_subpackages_have_no_import_cycle() -> None:
     cycle = find_cycle(package_graph(import_graph()))
     assert cycle is None, "import cycle between parts of the package: " + " -> ".join(cycle)
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_change_detection_trains_on_the_one_trainer_without_the_diffusion_task() -> None:
+    graph = import_graph()
+    cd = {m for m in graph if m.startswith("diffsat.cd")}
+    assert "diffsat.training.trainer" in set().union(*(graph[m] for m in cd))
+    for module in cd:
+        assert not {"diffsat.training.diffusion", "diffsat.training.runs"} & reachable(graph, module), module
+
+
+def test_no_module_is_over_600_lines() -> None:
+    long = {name: n for name, path in package_modules().items() if (n := len(path.read_text().splitlines())) > 600}
+    assert not long, long
+
+
+def test_only_the_precision_module_enters_autocast() -> None:
+    """Precision is decided once: every bf16 autocast goes through :func:`diffsat.precision.autocast`."""
+    for name, path in package_modules().items():
+        if name != "diffsat.precision":
+            assert "torch.autocast(" not in path.read_text(), name

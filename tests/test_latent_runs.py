@@ -10,14 +10,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from diffsat import precision, rundir, sampling
+from diffsat import rundir, sampling
 from diffsat.cd.config import FeatureConfig
 from diffsat.cd.features import FeatureError, load_backbone
 from diffsat.cli import main
 from diffsat.config import load_config, parse_config
 from diffsat.errors import ConfigError
-from diffsat.models.latent import DECODE_PAD, LatentDiffusionNet
-from diffsat.training.loop import train
+from diffsat.models import encoders as encoders_module
+from diffsat.models.encoders import DECODE_PAD, AutoencoderLatents
+from diffsat.models.unet import SR3UNet
+from diffsat.training.runs import train
 from diffsat.sampling import SampleSettings, generate
 
 DATA = {"kind": "folder", "channels": 3, "image_size": 16, "load_size": 32, "random_crop": True, "holdout": 2,
@@ -109,12 +111,13 @@ def test_latent_run_resumes_exactly_samples_chains_and_evaluates(trained, tmp_pa
         load_backbone(FeatureConfig(backbone=str(run)))
 
     loaded = rundir.load_model(run)
-    assert isinstance(loaded.network, LatentDiffusionNet)
-    settings = SampleSettings("dpm++", steps=3, device="cpu", bf16=False)
-    latents = generate(loaded.network, loaded.config, 2, 0, settings, progress=False, decode=False)
-    images = generate(loaded.network, loaded.config, 2, 0, settings, progress=False)
+    assert isinstance(loaded.network, SR3UNet) and isinstance(loaded.encoder, AutoencoderLatents)
+    settings = SampleSettings("dpm++", steps=3, device="cpu", precision="fp32")
+    latents = generate(loaded.network, loaded.config, 2, 0, settings, encoder=loaded.encoder, progress=False,
+                       decode=False)
+    images = generate(loaded.network, loaded.config, 2, 0, settings, encoder=loaded.encoder, progress=False)
     assert latents.shape == (2, 2, 8, 8) and images.shape == (2, 3, 16, 16)
-    assert torch.allclose(images, loaded.network.decode(latents), atol=1e-5)
+    assert torch.allclose(images, loaded.encoder.decode(latents), atol=1e-5)
 
 
 def test_autoencoder_with_discriminator_resumes_exactly(trained, tmp_path: Path) -> None:
@@ -185,19 +188,19 @@ def test_a_decoder_trained_on_interior_latents_decodes_sampled_latents_without_p
     assert loaded.decode_pad == 0 and plain.decode_pad == DECODE_PAD
 
     z = torch.randn(3, 2, 8, 8)
-    net = loaded.latent_net(torch.nn.Identity())
+    latents = loaded.encoder()
     with torch.no_grad():
         expected = loaded.network.decode(loaded.network.denormalise(z)).clamp(-1, 1)
-    assert torch.allclose(net.decode(z), expected, atol=1e-6)
-    padded = plain.latent_net(torch.nn.Identity()).decode(z)
+    assert torch.allclose(latents.decode(z), expected, atol=1e-6)
+    padded = plain.encoder().decode(z)
     with torch.no_grad():
         unpadded = plain.network.decode(plain.network.denormalise(z)).clamp(-1, 1)
     assert padded.shape == unpadded.shape == (3, 3, 16, 16) and not torch.allclose(padded, unpadded, atol=1e-3)
-    assert torch.allclose(net.decode(z, bf16=True), net.decode(z), atol=0.1)
+    assert torch.allclose(latents.decode(z, bf16=True), latents.decode(z), atol=0.1)
 
     latent = write_config(tmp_path / "latent.json", latent_config(tiles, tmp_path / "ae", max_steps=2))
     assert main(["train", str(latent), "--out", str(tmp_path / "latent"), "--no-progress"]) == 0
-    assert rundir.load_model(tmp_path / "latent").network.decode_pad == 0
+    assert rundir.load_model(tmp_path / "latent").encoder.decode_pad == 0
 
 
 def test_a_latent_runs_encoding_counts_towards_its_time_limit(trained, tmp_path: Path) -> None:
@@ -213,14 +216,15 @@ def test_sampling_in_precision_auto_times_the_decoder_too(trained, tmp_path: Pat
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     loaded = rundir.load_model(tmp_path / "run")
     timed = []
-    def record(net, shape, *args, **kwargs) -> bool:
+    def record(precision, net, shape, *args, **kwargs) -> bool:
         timed.append((net, tuple(shape)))
         return False
 
-    monkeypatch.setattr(sampling, "auto_bf16", record)  # the U-Net's choice
-    monkeypatch.setattr(precision, "auto_bf16", record)  # the decoder's, through auto_bf16_without_level
+    monkeypatch.setattr(sampling, "resolve_precision", record)  # the U-Net's choice
+    monkeypatch.setattr(encoders_module, "resolve_precision", record)  # the decoder's, through decode_precision
     images = generate(loaded.network, loaded.config, 3, 0, SampleSettings("dpm++", steps=2, device="cpu"),
-                      progress=False)
-    pad = loaded.network.decode_pad
+                      encoder=loaded.encoder, progress=False)
+    pad = loaded.encoder.decode_pad
     assert images.shape == (3, 3, 16, 16)
-    assert timed == [(loaded.network, (3, 2, 8, 8)), (loaded.network.autoencoder.decoder, (3, 2, 8 + 2 * pad, 8 + 2 * pad))]
+    assert timed == [(loaded.network, (3, 2, 8, 8)),
+                     (loaded.encoder.autoencoder.decoder, (3, 2, 8 + 2 * pad, 8 + 2 * pad))]

@@ -11,17 +11,17 @@ from conftest import tiny_config, train_tiny_run
 
 from diffsat import precision
 from diffsat.config import Config, ModelConfig
+from diffsat.diffusion.objective import bf16_difference
 from diffsat.models.unet import build_unet
 from diffsat.precision import (
     PrecisionChoice,
     Timings,
-    auto_bf16,
-    bf16_difference,
     choose_precision,
     decide,
     inference_timer,
     key_id,
     precision_key,
+    resolve_precision,
     training_timer,
 )
 from diffsat.sampling import SampleSettings, generate
@@ -115,14 +115,14 @@ def test_key_names_machine_network_shape_and_mode(net) -> None:
     assert key_id(key) == key_id(dict(reversed(list(key.items()))))  # order-free
 
 
-def test_auto_bf16_times_the_real_network_once(net, monkeypatch, tmp_path) -> None:
+def test_precision_auto_times_the_real_network_once(net, monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # measure even where this CPU lacks bf16
     precision_cache = tmp_path / "precision.json"  # this test's own cache (other tests add to the session's)
     monkeypatch.setattr(precision, "precision_cache_file", lambda: precision_cache)
     lines: list[str] = []
     for training in (False, True, False):
-        auto_bf16(net, (2, 1, 8, 8), torch.device("cpu"), channels_last=True, training=training,
-                  announce=lines.append)
+        resolve_precision("auto", net, (2, 1, 8, 8), torch.device("cpu"), channels_last=True, training=training,
+                          announce=lines.append)
     entries = json.loads(precision_cache.read_text())
     assert sorted(e["mode"] for e in entries.values()) == ["inference", "training"]
     assert all(e["fp32_s"] > 0 and e["bf16_s"] > 0 for e in entries.values())
@@ -133,12 +133,12 @@ def test_auto_bf16_times_the_real_network_once(net, monkeypatch, tmp_path) -> No
 
 def test_generate_resolves_auto_and_prints_the_line(net, monkeypatch, capsys) -> None:
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    monkeypatch.setattr(precision, "decide", lambda timings, margin=1.2: False)  # fp32: equal to bf16=False
+    monkeypatch.setattr(precision, "decide", lambda timings, margin=1.2: False)  # fp32: equal to precision fp32
     config = Config(model=MODEL, diffusion={"timesteps": 100}, data={"image_size": 8, "channels": 1})
     settings = SampleSettings("dpm++", 3, batch_size=2, device="cpu")
     auto = generate(net, config, 2, 0, settings, progress=True)
     assert "precision auto: fp32" in capsys.readouterr().out
-    fp32 = generate(net, config, 2, 0, SampleSettings("dpm++", 3, batch_size=2, device="cpu", bf16=False),
+    fp32 = generate(net, config, 2, 0, SampleSettings("dpm++", 3, batch_size=2, device="cpu", precision="fp32"),
                     progress=False)
     torch.testing.assert_close(auto, fp32, rtol=0, atol=0)
 

@@ -15,7 +15,7 @@ from PIL import Image
 from diffsat.cli import main
 from diffsat.evaluation.suite import Evaluation, Metric
 from diffsat.report import fmt, sample_grids, write_report
-from diffsat.training.metrics import MetricsLog
+from diffsat.rundir import MetricsLog
 
 TINY = tiny_config(sample_every=2, save_every=4)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -89,19 +89,19 @@ def test_a_failed_save_is_one_line_and_the_last_checkpoint_stays(tmp_path: Path,
     cfg = tiny()
     saved = save_steps(tmp_path, cfg, range(1, 2))
     if failure == "enospc":
-        monkeypatch.setattr(rundir, "save_file", enospc_on("ema.safetensors"))
+        monkeypatch.setattr(rundir.writing, "save_file", enospc_on("ema.safetensors"))
         expected = r"step-0000002\.tmp-\d+/ema\.safetensors: No space left on device \[ENOSPC\]"
     elif failure == "permission":
-        monkeypatch.setattr(rundir.os, "rename", lambda a, b: (_ for _ in ()).throw(
+        monkeypatch.setattr(rundir.writing.os, "rename", lambda a, b: (_ for _ in ()).throw(
             PermissionError(errno.EACCES, "Permission denied", str(a))))
         expected = r"step-0000002: Permission denied \[EACCES\]"
     elif failure == "torch-save":  # how torch reports a failed write
-        monkeypatch.setattr(rundir.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(
+        monkeypatch.setattr(rundir.writing.torch, "save", lambda *a, **k: (_ for _ in ()).throw(RuntimeError(
             "[enforce fail at inline_container.cc:664] . unexpected pos 320 vs 256\nmore detail")))
         expected = r"step-0000002\.tmp-\d+/train_state\.pt: \[enforce fail at inline_container\.cc:664\] \. unexpected"
     else:
-        monkeypatch.setattr(rundir, "save_file", lambda *a, **k: (_ for _ in ()).throw(rundir.SafetensorError(
-            "Error while serializing: I/O error: No space left on device (os error 28)")))
+        monkeypatch.setattr(rundir.writing, "save_file", lambda *a, **k: (_ for _ in ()).throw(
+            rundir.writing.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")))
         expected = r"model\.safetensors: Error while serializing: I/O error: No space left on device"
     torch.manual_seed(9)
     model = build_unet(cfg.model)

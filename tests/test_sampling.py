@@ -30,7 +30,8 @@ def net() -> torch.nn.Module:
 
 
 def settings(**kw) -> SampleSettings:
-    return SampleSettings(**({"sampler": "dpm++", "steps": 6, "batch_size": 2, "device": "cpu", "bf16": False} | kw))
+    base = {"sampler": "dpm++", "steps": 6, "batch_size": 2, "device": "cpu", "precision": "fp32"}
+    return SampleSettings(**(base | kw))
 
 
 def test_progress_bar_counts_steps_of_every_batch(net, config, capsys) -> None:
@@ -163,7 +164,7 @@ def test_x0_clip_reaches_the_denoiser(net, config, sampler: str) -> None:
 
 
 def test_the_training_loop_call_and_the_grid() -> None:
-    s = SampleSettings(steps=10, bf16=False, device="cpu")  # as training/loop.py builds it
+    s = SampleSettings("ancestral", steps=10, precision="fp32", device="cpu")  # as training/diffusion.py builds it
     assert (s.sampler, s.spacing, s.eta, s.x0_clip) == ("ancestral", None, 0.0, "static")
     assert s.sampler_options() == {}
     ddim = SampleSettings("ddim", steps=10, spacing="logsnr")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .ddpmcd import foreign_keys, is_ddpmcd_config, map_ddpmcd_config
 from .errors import ConfigError
 from .fileio import atomic_write_text
+from .precision import Precision
 
 SCHEDULE_NAMES = ("linear", "quad", "warmup10", "warmup50", "const", "jsd", "cosine")
 
@@ -122,16 +123,21 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    """After the linear warm-up: constant, or cosine decay to 0 at ``max_steps``."""
+    """After the linear warm-up: constant, or cosine decay to 0 at the end of the budget. Both run over the
+    fraction of the budget spent: steps of ``max_steps``, or time of ``time_limit_minutes`` when that is
+    further, so a run stopped by its time limit ends annealed on any machine."""
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(10_000, ge=1)
     time_limit_minutes: float | None = Field(None, gt=0.0)
     """Stop once training steps (of every session of the run), with a latent run's encoding of its
     training set, took this long; ``None``: only ``max_steps`` stops training."""
+    time_limit_clock: Literal["wall", "cpu"] = "wall"
+    """What ``time_limit_minutes`` counts: wall-clock seconds, or this process's CPU seconds (all threads:
+    robust to other load on the machine)."""
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(1.0, gt=0.0)
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    precision: Precision = "fp32"
     """``bf16``: bfloat16 autocast for the forward pass (weights, optimiser and EMA stay float32); ``auto``:
     bf16 when a cached measurement of this network's training step on this machine finds it faster
     (:mod:`diffsat.precision`)."""

@@ -12,8 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from .data.transforms import to_uint8_hwc  # noqa: E402
-from .rundir import LOSS_PLOT, QUALITY_PLOT, run_file  # noqa: E402
-from .training.metrics import TRAIN_FIELDS, read_metrics  # noqa: E402
+from .rundir import LOSS_PLOT, QUALITY_PLOT, TRAIN_FIELDS, read_metrics, run_file  # noqa: E402
 
 
 def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""``precision auto``: bf16 autocast or fp32, chosen by timing the actual network on the machine at hand.
+"""Precision, decided once: the :data:`Precision` setting, its one resolver (:func:`resolve_precision`) and the
+one autocast helper (:func:`autocast`). Every caller (training, sampling, latent encoding and decoding, cd
+features, evaluation's fixed fp32) goes through them.
+
+``precision auto``: bf16 autocast or fp32, chosen by timing the actual network on the machine at hand.
 
 - CUDA: bf16 autocast when the GPU supports bf16 (:func:`torch.cuda.is_bf16_supported`), not measured
   (tensor cores make bf16 the faster choice on every bf16-capable NVIDIA GPU).
@@ -25,12 +29,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from .diffusion.objective import split_prediction
 from .fileio import atomic_write_text, cache_dir
 from .runtime import cpu_has_bf16
+
+Precision = Literal["fp32", "bf16", "auto"]
+"""``fp32``; ``bf16``: bfloat16 autocast (weights and their updates stay float32); ``auto``: whichever
+:func:`resolve_precision` finds right for the network on this machine."""
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 
 BF16_MARGIN = 1.2
 """bf16 autocast is chosen only when it is at least this many times faster than fp32: fp32 is the more
@@ -197,7 +206,7 @@ def inference_timer(net: torch.nn.Module, input_shape: Sequence[int], device: to
 
     def timer(bf16: bool) -> float:
         def call() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with torch.inference_mode(), autocast(device, bf16):
                 net(x, level) if with_level else net(x)
             _sync(device)
 
@@ -216,7 +225,7 @@ def training_timer(net: torch.nn.Module, input_shape: Sequence[int], device: tor
 
     def timer(bf16: bool) -> float:
         def call() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(device, bf16):
                 out = net(x, level).float().square().mean() if loss is None else loss()
             out.float().backward()
             _sync(device)
@@ -231,47 +240,32 @@ def training_timer(net: torch.nn.Module, input_shape: Sequence[int], device: tor
     return timer
 
 
-def auto_bf16(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device, *, channels_last: bool,
-              training: bool = False, timer: Timer | None = None,
-              announce: Callable[[str], None] | None = print) -> bool:
-    """``precision auto`` for ``net`` (on ``device``) at ``input_shape``: True for bf16 autocast. Prints the
-    decision's one line through ``announce`` (``None``: silent). ``timer``: what to time, when not the
-    default ``net(x, level)`` forward (:func:`inference_timer`) or, when ``training``, forward and backward
-    (:func:`training_timer`); ``net``, ``input_shape`` and ``training`` still make the cache key."""
+def autocast(device: torch.device | str, bf16: bool) -> torch.autocast:
+    """The one autocast context: bfloat16 autocast on ``device``'s type when ``bf16``, else a no-op."""
+    device_type = device if isinstance(device, str) else device.type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def resolve_precision(precision: Precision, net: torch.nn.Module, input_shape: Sequence[int],
+                      device: torch.device, *, training: bool = False, timer: Timer | None = None,
+                      channels_last: bool = False, with_level: bool = True,
+                      announce: Callable[[str], None] | None = print) -> bool:
+    """``precision`` for ``net`` (on ``device``) at ``input_shape`` (B, C, H, W) as a yes/no for bf16 autocast.
+
+    ``fp32`` / ``bf16`` are taken as said. ``auto`` follows the rules of the module docstring, timing
+    ``net(x, level)`` (``with_level``; else ``net(x)``, an autoencoder's encoder or decoder) in inference, or
+    when ``training`` forward and backward; ``timer`` replaces what is timed (a trainer's own loss), while
+    ``net``, ``input_shape`` and ``training`` still make the cache key. The decision's one line goes through
+    ``announce`` (``None``: silent)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision == "bf16"
     if timer is None:
-        make_timer = training_timer if training else inference_timer
-        timer = make_timer(net, input_shape, device, channels_last)
+        timer = (training_timer(net, input_shape, device, channels_last) if training else
+                 inference_timer(net, input_shape, device, channels_last, with_level=with_level))
     choice = choose_precision(precision_key(device, net, input_shape, training), timer,
                               device_type=device.type, native_bf16=bf16_supported(device))
     if announce is not None:
         announce(choice.line())
     return choice.bf16
-
-
-def auto_bf16_without_level(net: torch.nn.Module, input_shape: Sequence[int], device: torch.device,
-                            announce: Callable[[str], None] | None = print) -> bool:
-    """:func:`auto_bf16` for a network called as ``net(x)`` in inference, on contiguous ``(B, C, H, W)``
-    input: an autoencoder's encoder or decoder."""
-    timer = inference_timer(net, input_shape, device, channels_last=False, with_level=False)
-    return auto_bf16(net, input_shape, device, channels_last=False, timer=timer, announce=announce)
-
-
-def bf16_difference(net: torch.nn.Module, x: torch.Tensor, level: float, objective: str = "eps") -> dict[str, float]:
-    """How far bf16 autocast moves one inference call of ``net`` from fp32, at input ``x`` (B, C, H, W) and
-    noise level ``level`` (sqrt(alpha_bar) in (0, 1)).
-
-    Returns ``output_rel_max`` and ``output_rel_rms`` (the raw output's difference relative to its largest
-    entry and in rms), and ``x0_max_abs`` / ``x0_mean_abs`` (the clipped x0 estimate's difference in image
-    units of [-1, 1]; near the clean image, x0 = (x_t - sigma eps) / alpha amplifies eps errors by 1 / alpha).
-    """
-    lv = torch.full((x.shape[0],), level, device=x.device)
-    outputs = []
-    for bf16 in (False, True):
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            outputs.append(net(x, lv).float())
-    fp32, bf16_out = outputs
-    x0_32, _ = split_prediction(objective, fp32, x, lv, clip_x0="static")
-    x0_16, _ = split_prediction(objective, bf16_out, x, lv, clip_x0="static")
-    return {"output_rel_max": float((bf16_out - fp32).abs().max() / fp32.abs().max()),
-            "output_rel_rms": float((bf16_out - fp32).norm() / fp32.norm()),
-            "x0_max_abs": float((x0_16 - x0_32).abs().max()), "x0_mean_abs": float((x0_16 - x0_32).abs().mean())}

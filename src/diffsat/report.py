@@ -31,11 +31,12 @@ from .rundir import (
     METRICS_FILE,
     QUALITY_PLOT,
     REPORT_FILE,
+    TRAIN_FIELDS,
     grid_path,
     periodic_grids,
+    read_metrics,
     run_file,
 )
-from .training.metrics import TRAIN_FIELDS, read_metrics
 
 MAX_GRIDS = 12
 """Most periodic sample grids embedded (evenly spaced over the run, the last always in), so a long run's

@@ -10,7 +10,6 @@ always uses the generator seeded ``seed + i`` for its starting noise and every l
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -22,11 +21,17 @@ from .diffusion.guidance import LabelError, guided_prediction, sample_labels
 from .diffusion.objective import DYNAMIC_QUANTILE, X0_CLIPS, Denoiser, X0Clip
 from .diffusion.schedules import NoiseSchedule, respaced_alphas_cumprod
 from .errors import DiffsatError
-from .models.latent import DECODE_BATCH, LatentDiffusionNet
-from .precision import auto_bf16, auto_bf16_without_level
+from .models.encoders import PIXELS, Encoder
+from .precision import PRECISIONS, Precision, resolve_precision
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
+
+
+DEFAULT_SAMPLER = "dpm++sde"
+DEFAULT_STEPS = 10
+"""The default of the library and of ``diffsat sample`` / ``diffsat chain``: SDE-DPM-Solver++(2M), 10 steps
+(as good as 1,000 ancestral steps within the noise on the digit model: benchmarks/RESULTS.md)."""
 
 
 class SampleSettingsError(DiffsatError):
@@ -39,15 +44,16 @@ class SampleSettings:
 
     ``spacing``: which of the schedule's steps the sampler visits (:data:`SPACINGS`); ``None`` = the
     sampler's usual one (ancestral and ddim: uniform, dpm++ and dpm++sde: logsnr).
-    ``eta``: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); any other sampler with a non-zero
-    ``eta`` is an error.
+    ``eta``: DDIM's noise scale (0 = deterministic DDIM, 1 = DDPM-like); a sampler whose record
+    (:class:`~diffsat.samplers.Sampler`) lists no ``eta`` option refuses a non-zero one.
     ``x0_clip``: how the denoiser's x0 estimate is kept in [-1, 1] at every step: ``static`` clamps it,
     ``dynamic`` is Imagen's dynamic thresholding with percentile ``x0_quantile``, ``none`` leaves it alone
     (see :func:`diffsat.diffusion.objective.split_prediction`). The final images are clamped to [-1, 1] in
     every case.
-    ``bf16``: bfloat16 autocast for the network; ``None`` = ``precision auto``: decided by
-    :func:`diffsat.precision.auto_bf16` for the network at the batch it will run (on a CPU with native bf16
-    by a cached measurement, since bf16 doubles the speed on some such CPUs and halves it on others).
+    ``precision``: ``fp32``, ``bf16`` autocast, or ``auto``: decided by
+    :func:`diffsat.precision.resolve_precision` for the network at the batch it will run (on a CPU with native
+    bf16 by a cached measurement, since bf16 doubles the speed on some such CPUs and halves it on others), and
+    for a latent run's decoder separately.
     ``compile``: run the network through ``torch.compile`` (inductor, with weight freezing: the weights are
     baked into the compiled graph, so compile a network only for sampling, not between training steps).
     ``guidance``: classifier-free guidance scale for a class-conditional model (see
@@ -57,10 +63,10 @@ class SampleSettings:
     Invalid combinations raise :class:`SampleSettingsError` when the settings are made.
     """
 
-    sampler: str = "ancestral"
-    steps: int = 50
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = DEFAULT_STEPS
     batch_size: int = 100
-    bf16: bool | None = None
+    precision: Precision = "auto"
     channels_last: bool = True
     x0_clip: X0Clip = "static"
     device: str = "auto"
@@ -72,16 +78,18 @@ class SampleSettings:
 
     def __post_init__(self) -> None:
         try:
-            get_sampler(self.sampler)
+            record = get_sampler(self.sampler)
         except ValueError as err:
             raise SampleSettingsError(str(err)) from None
+        if self.precision not in PRECISIONS:
+            raise SampleSettingsError(f"unknown precision '{self.precision}': one of {', '.join(PRECISIONS)}")
         if self.steps < 1 or self.batch_size < 1:
             raise SampleSettingsError(f"steps and batch size must be >= 1, got {self.steps} and {self.batch_size}")
         if self.spacing is not None and self.spacing not in SPACINGS:
             raise SampleSettingsError(f"unknown spacing '{self.spacing}': one of {', '.join(SPACINGS)}")
         if not self.eta >= 0:  # also refuses NaN
             raise SampleSettingsError(f"eta must be >= 0 (0 = deterministic DDIM), got {self.eta}")
-        if self.eta != 0 and self.sampler != "ddim":
+        if self.eta != 0 and "eta" not in record.options:
             raise SampleSettingsError(
                 f"eta (--eta {self.eta:g}) is a DDIM option and sampler '{self.sampler}' has none: "
                 "use the ddim sampler (--sampler ddim) or leave eta at 0"
@@ -100,17 +108,15 @@ class SampleSettings:
             return replace(self, guidance=config.train.guidance)
         return self
 
-    def use_bf16(self, device: torch.device) -> bool:
-        return self.bf16 if self.bf16 is not None else device.type == "cuda"
-
     def grid(self, schedule: NoiseSchedule) -> torch.Tensor:
         """The noise-level grid the sampler visits: alpha_bar ``(steps + 1,)`` float64 of ``schedule`` at
         ``spacing`` (or the sampler's usual spacing), ``[0] = 1``."""
         return respaced_alphas_cumprod(schedule, self.steps, self.spacing or get_sampler(self.sampler).spacing)
 
     def sampler_options(self) -> dict[str, object]:
-        """Keyword arguments of the sampler beyond grid, noise and callback: ``eta`` for DDIM."""
-        return {"eta": self.eta} if self.sampler == "ddim" else {}
+        """Keyword arguments of the sampler beyond grid, noise and callback: the options its record lists
+        (DDIM's ``eta``)."""
+        return {name: getattr(self, name) for name in get_sampler(self.sampler).options}
 
     def describe(self) -> str:
         """A short label, e.g. ``"ddim (eta 0.5), 20 steps, trailing spacing, dynamic x0"``; options left at
@@ -173,6 +179,7 @@ def generate(
     seed: int,
     settings: SampleSettings,
     *,
+    encoder: Encoder = PIXELS,
     labels: Sequence[int] | None = None,
     schedule: NoiseSchedule | None = None,
     callback_factory: Callable[[int], Callback | None] | None = None,
@@ -181,9 +188,9 @@ def generate(
 ) -> torch.Tensor:
     """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
 
-    ``net``: the network, or for a latent diffusion run its :class:`~diffsat.models.latent.LatentDiffusionNet`:
-    the sampler then draws latents and each batch is decoded to images (what :func:`diffsat.load_model`
-    returns for such a run); ``decode=False`` returns the latents ``(n, L, h, w)`` instead.
+    ``net``: the denoising network; ``encoder``: what it draws (:mod:`diffsat.models.encoders`; a
+    :class:`~diffsat.rundir.LoadedModel` carries its run's): each batch of samples is decoded to images, or
+    with ``decode=False`` returned as drawn ``(n, L, h, w)``.
 
     ``labels``: class labels for a class-conditional model, cycled over the samples (sample ``i`` gets
     ``labels[i % len(labels)]``; default: class ``i % num_classes``), see :func:`class_labels`.
@@ -202,18 +209,11 @@ def generate(
         )
     sample_classes, scale = class_labels(config, n, settings, labels)
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
-    latent_net = net if isinstance(net, LatentDiffusionNet) and decode else None
-    decode_bf16 = settings.bf16
-    if settings.bf16 is None:
-        calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
-        settings = replace(settings, bf16=auto_bf16(prepare_net(net, replace(settings, compile=False), device),
-                                                    (calls, *shape), device, channels_last=settings.channels_last,
-                                                    announce=print if progress else None))
-    if latent_net is not None and decode_bf16 is None:
-        decode_bf16 = auto_bf16_without_level(
-            latent_net.autoencoder.decoder, latent_net.padded_shape(min(n, DECODE_BATCH), shape), device,
-            announce=(lambda line: print(f"decoding: {line}")) if progress else None)
-    decoder = None if latent_net is None else functools.partial(latent_net.decode, bf16=bool(decode_bf16))
+    announce = print if progress else None
+    calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
+    bf16 = resolve_precision(settings.precision, prepare_net(net, replace(settings, compile=False), device),
+                             (calls, *shape), device, channels_last=settings.channels_last, announce=announce)
+    decode_bf16 = decode and encoder.to(device).decode_precision(settings.precision, shape, n, device, announce)
     net = prepare_net(net, settings, device)
     sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)
@@ -231,13 +231,11 @@ def generate(
             callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
             prediction = net if sample_classes is None else guided_prediction(
                 net, sample_classes[start : start + count], scale, config.model.num_classes)
-            denoiser = Denoiser(prediction, config.diffusion.objective, settings.x0_clip, settings.use_bf16(device),
-                                settings.x0_quantile)
+            denoiser = Denoiser(prediction, config.diffusion.objective, settings.x0_clip, bf16, settings.x0_quantile)
             if sampler.draws_noise:
                 options["noise"] = noise
-            x0 = sampler.sample(denoiser, x, grid, callback=callback, **options)
-            x0 = x0.float() if decoder is None else decoder(x0.float())
-            out.append(x0.clamp(-1, 1).cpu().contiguous())
+            x0 = sampler.sample(denoiser, x, grid, callback=callback, **options).float()
+            out.append(encoder.decode(x0, bf16=decode_bf16) if decode else x0.clamp(-1, 1).cpu().contiguous())
             bar.set_postfix(images=f"{start + count}/{n}")
     return torch.cat(out)  # outside inference mode: an ordinary tensor
 
@@ -252,12 +250,13 @@ def chain_frames(
     schedule: NoiseSchedule | None = None,
     progress: bool = False,
     labels: Sequence[int] | None = None,
+    encoder: Encoder = PIXELS,
 ) -> tuple[torch.Tensor, list[float]]:
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
     Returns ``(frames, n, C, H, W)`` in [-1, 1] (x_T clamped for display) and the step fraction of each
-    frame (1.0 = pure noise, 0.0 = final image). ``labels``: as in :func:`generate`. For a latent diffusion
-    run every frame is the decoded latent (the first one the decoded starting noise).
+    frame (1.0 = pure noise, 0.0 = final image). ``labels``, ``encoder``: as in :func:`generate`; every frame
+    is decoded by ``encoder`` (for a latent run the first one is the decoded starting noise).
     """
     steps = settings.steps
     wanted = {round(k * steps / (frames - 1)) for k in range(frames)}
@@ -276,6 +275,4 @@ def chain_frames(
              progress=progress, decode=False)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
-    if isinstance(net, LatentDiffusionNet):
-        stack = [net.decode(frame) for frame in stack]
-    return torch.stack(stack).clamp(-1, 1), [1 - i / steps for i in indices]
+    return torch.stack([encoder.decode(frame) for frame in stack]).clamp(-1, 1), [1 - i / steps for i in indices]

@@ -1,8 +1,11 @@
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from cd_fixtures import cd_config, make_pairs, tiny_backbone, write_config  # noqa: F401  (fixture)
@@ -30,6 +33,46 @@ def test_resume_continues_exactly(tiny_backbone: Path, tmp_path: Path, kind: str
     assert rows[0].startswith("step,loss") and sum(r.startswith("4,") for r in rows) >= 1
 
 
+def test_a_kill_between_the_head_checkpoints_writes_resumes_exactly(tiny_backbone: Path, tmp_path: Path) -> None:
+    """SIGKILL after the head weights of step 4's checkpoint are written and before its train state: the torn
+    checkpoint is never committed, --resume continues from step 2, and the weights end as an uninterrupted
+    run's (the best weights by validation F1 too)."""
+    make_pairs(tmp_path / "pairs", size=32)
+    base = cd_config(tmp_path / "pairs", tiny_backbone)
+    base["cd"]["data"]["test"] = []
+    cfg = parse_cd_config(base)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the child: the same thread count, the same float sums
+    try:
+        train_cd(cfg, tmp_path / "straight", progress=False)
+        _kill_and_resume(cfg, tmp_path / "killed")
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("model.safetensors", "best.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "killed" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert not list((tmp_path / "killed" / "checkpoints").glob("*.tmp-*"))  # the torn save was cleared
+
+
+def _kill_and_resume(cfg, run: Path) -> None:
+    """Train ``cfg`` into ``run`` in a forked child killed inside step 4's save, then resume it here."""
+    from diffsat.rundir import writing
+
+    pid = os.fork()
+    if pid == 0:  # the child dies inside the save of step 4, between model.safetensors and train_state.pt
+        try:
+            real_save = writing.torch.save
+            writing.torch.save = lambda state, path: (os.kill(os.getpid(), signal.SIGKILL) if state["step"] == 4
+                                                      else real_save(state, path))
+            train_cd(cfg, run, progress=False)
+        finally:
+            os._exit(1)
+    assert os.WIFSIGNALED(os.waitpid(pid, 0)[1])
+    torn = list((run / "checkpoints").glob("step-0000004.tmp-*"))
+    assert torn and (torn[0] / "model.safetensors").is_file() and not (torn[0] / "train_state.pt").exists()
+    train_cd(cfg, run, resume=True, progress=False)
+
+
 def test_cli_train_predict_evaluate_end_to_end(tiny_backbone: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     pairs = tmp_path / "pairs"
@@ -42,7 +85,8 @@ def test_cli_train_predict_evaluate_end_to_end(tiny_backbone: Path, tmp_path: Pa
     doc = json.loads((run / "test_metrics.json").read_text())
     assert set(doc["methods"]) == {"ddpmcd", "fc_siam_diff", "cva"}
     assert doc["split"] == {"train": ["p0.png", "p1.png"], "val": ["p2.png"], "test": ["p3.png"]}
-    for name in ("best.safetensors", "model.safetensors", "train_state.pt", "metrics.csv", "report.html",
+    for name in ("best.safetensors", "model.safetensors", "checkpoints/step-0000004/train_state.pt", "metrics.csv",
+                 "report.html",
                  "test/p3.png", "test/figures/p3.png", "baselines/fc_siam_diff/best.safetensors",
                  "baselines/cva/test/p3.png"):
         assert (run / name).is_file(), name

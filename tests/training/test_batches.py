@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffsat import precision, rundir
+from diffsat import rundir
 from diffsat.config import AutoencoderModelConfig, DataConfig
 from diffsat.data import ImageDataset
 from diffsat.data.transforms import augment
 from diffsat.models.autoencoder import Autoencoder
+from diffsat.models.encoders import AutoencoderLatents
 from diffsat.training import batches
 from diffsat.training.batches import (
     LatentBatches,
@@ -68,12 +69,16 @@ def tiny_autoencoder(seed: int = 0) -> Autoencoder:
                                               latent_channels=2, image_size=16)).eval()
 
 
+def tiny_latents(seed: int = 0) -> AutoencoderLatents:
+    return AutoencoderLatents(tiny_autoencoder(seed))
+
+
 def test_encode_views_encodes_each_flipped_and_turned_tile() -> None:
     ae = tiny_autoencoder()
     ae.set_latent_stats(torch.randn(10, 2, 4, 4) * 3 + 1)
     tiles = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
     views = distinct_views(data(hflip=True, rot90=True))
-    got = encode_views(ae, tiles, views, batch_size=2, progress=False)
+    got = encode_views(AutoencoderLatents(ae), tiles, views, batch_size=2, progress=False)
     assert got.shape == (3, 8, 2, 8, 8)
     x = tiles.float() / 127.5 - 1
     with torch.no_grad():
@@ -87,15 +92,15 @@ def test_the_latent_cache_is_reused_and_rebuilt_when_anything_changes(tmp_path: 
     real = batches.encode_views
     monkeypatch.setattr(batches, "encode_views", lambda *a, **k: calls.append(1) or real(*a, **k))
     tiles = ImageDataset(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), None, "test")
-    ae, cfg = tiny_autoencoder(), data(hflip=True)
-    first = cached_latents(ae, tiles, cfg, tmp_path, progress=False)
-    again = cached_latents(ae, tiles, cfg, tmp_path, progress=False)
+    encoder, cfg = tiny_latents(), data(hflip=True)
+    first = cached_latents(encoder, tiles, cfg, tmp_path, progress=False)
+    again = cached_latents(encoder, tiles, cfg, tmp_path, progress=False)
     assert len(calls) == 1 and torch.allclose(first, again, atol=1e-2)  # float16 on disk
-    cached_latents(tiny_autoencoder(seed=1), tiles, cfg, tmp_path, progress=False)  # other weights
-    cached_latents(tiny_autoencoder(seed=1), tiles, data(hflip=True, rot90=True), tmp_path, progress=False)
+    cached_latents(tiny_latents(seed=1), tiles, cfg, tmp_path, progress=False)  # other weights
+    cached_latents(tiny_latents(seed=1), tiles, data(hflip=True, rot90=True), tmp_path, progress=False)
     assert len(calls) == 3
     rundir.run_file(tmp_path, rundir.LATENT_CACHE).write_bytes(b"damaged")
-    cached_latents(tiny_autoencoder(seed=1), tiles, data(hflip=True, rot90=True), tmp_path, progress=False)
+    cached_latents(tiny_latents(seed=1), tiles, data(hflip=True, rot90=True), tmp_path, progress=False)
     assert len(calls) == 4
 
 
@@ -104,19 +109,27 @@ def test_bf16_encoding_is_close_and_keyed_in_the_cache(tmp_path: Path, monkeypat
     real = batches.encode_views
     monkeypatch.setattr(batches, "encode_views", lambda *a, **k: calls.append(k["bf16"]) or real(*a, **k))
     tiles = ImageDataset(torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8), None, "test")
-    ae, cfg = tiny_autoencoder(), data(hflip=True)
-    fp32 = cached_latents(ae, tiles, cfg, tmp_path, progress=False)
-    bf16 = cached_latents(ae, tiles, cfg, tmp_path, progress=False, bf16=True)
-    cached_latents(ae, tiles, cfg, tmp_path, progress=False, bf16=True)
+    encoder, cfg = tiny_latents(), data(hflip=True)
+    fp32 = cached_latents(encoder, tiles, cfg, tmp_path, progress=False)
+    bf16 = cached_latents(encoder, tiles, cfg, tmp_path, progress=False, bf16=True)
+    cached_latents(encoder, tiles, cfg, tmp_path, progress=False, bf16=True)
     assert calls == [False, True]  # a change of precision rebuilds; the same precision reads the cache
     assert not torch.equal(fp32, bf16) and (fp32 - bf16).abs().max() < 0.05 * fp32.abs().max()
 
 
 def test_encoding_precision_follows_train_precision_and_auto_times_the_encoder(monkeypatch) -> None:
-    ae, dist = tiny_autoencoder(), DistContext(device=torch.device("cpu"))
+    encoder, dist = tiny_latents(), DistContext(device=torch.device("cpu"))
     timed = []
-    monkeypatch.setattr(precision, "auto_bf16", lambda net, shape, *a, **k: timed.append((net, shape)) or True)
-    assert encoding_bf16(ae, (3, 32, 32), "fp32", dist) is False
-    assert encoding_bf16(ae, (3, 32, 32), "bf16", dist) is True and timed == []
-    assert encoding_bf16(ae, (3, 32, 32), "auto", dist) is True
-    assert timed == [(ae.encoder, (batches.ENCODE_BATCH, 3, 32, 32))]
+    real = batches.resolve_precision
+
+    def record(precision, net, shape, *a, **k) -> bool:  # "auto" is timed (recorded here); fp32 / bf16 as said
+        if precision != "auto":
+            return real(precision, net, shape, *a, **k)
+        timed.append((net, shape))
+        return True
+
+    monkeypatch.setattr(batches, "resolve_precision", record)
+    assert encoding_bf16(encoder, (3, 32, 32), "fp32", dist) is False
+    assert encoding_bf16(encoder, (3, 32, 32), "bf16", dist) is True and timed == []
+    assert encoding_bf16(encoder, (3, 32, 32), "auto", dist) is True
+    assert timed == [(encoder.autoencoder.encoder, (batches.ENCODE_BATCH, 3, 32, 32))]

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from diffsat.config import parse_config
 from diffsat.rundir import committed_checkpoints
-from diffsat.training.loop import Trainer
+from diffsat.training.runs import make_trainer
 
 TINY = tiny_config(
     model={"dropout": 0.0}, diffusion={"min_snr_gamma": 5.0}, data={"limit": 40, "hflip": True}, batch_size=4,
@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, port: int, config: dict, out: str) -> None:
     """One torchrun-like rank: the environment torchrun would set, then the public ``train``."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), DIFFSAT_OFFLINE="1")
-    from diffsat.training.loop import train
+    from diffsat.training.runs import train
 
     train(parse_config(config), Path(out) / "run", progress=False)
 
@@ -50,7 +50,7 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, confi
     mp.spawn(_rank, args=(2, free_port(), config, str(tmp_path / "ddp")), nprocs=2, join=True)
     single = json.loads(json.dumps(config))
     single["train"]["batch_size"] = 8  # = 4 per rank x 2 ranks
-    trainer = Trainer(parse_config(single), tmp_path / "single")
+    trainer = make_trainer(parse_config(single), tmp_path / "single")
     trainer.run(progress=False)
     ddp = load_file(tmp_path / "ddp" / "run" / "model.safetensors")
     ours = trainer.model.state_dict()
@@ -69,10 +69,10 @@ def _weights_rank(rank: int, world: int, port: int, config: dict, out: str) -> N
     from diffsat.training.distributed import setup, teardown
 
     if rank == 0:
-        real_commit = rundir._commit
-        rundir._commit = lambda tmp, final: (time.sleep(0.5), real_commit(tmp, final))
+        real_commit = rundir.writing._commit
+        rundir.writing._commit = lambda tmp, final: (time.sleep(0.5), real_commit(tmp, final))
     dist = setup("cpu")
-    trainer = Trainer(parse_config(config), Path(out) / "run", dist=dist)
+    trainer = make_trainer(parse_config(config), Path(out) / "run", dist=dist)
     seen, real_save = [], trainer.save
 
     def save(wait: bool = True) -> None:
@@ -83,7 +83,7 @@ def _weights_rank(rank: int, world: int, port: int, config: dict, out: str) -> N
     trainer.run(progress=False)
     torch.save(trainer.model.state_dict(), Path(out) / f"rank{rank}.pt")
     torch.save(trainer.ema.model.state_dict(), Path(out) / f"ema{rank}.pt")
-    resumed = Trainer(parse_config(config), Path(out) / "run", resume=True, dist=dist)
+    resumed = make_trainer(parse_config(config), Path(out) / "run", resume=True, dist=dist)
     same = all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(), trainer.model.state_dict().values()))
     (Path(out) / f"seen{rank}.json").write_text(json.dumps({"saves": seen, "resumed": [resumed.step, same]}))
     teardown(dist)

@@ -24,16 +24,18 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from diffsat import rundir
+from diffsat.rundir import writing  # noqa: F401 - rundir.writing below
 from diffsat.config import parse_config
 from diffsat.data import ImageDataset, load_dataset
-from diffsat.training.loop import Trainer
+from diffsat.training.runs import make_trainer
+from diffsat.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child process per run (POSIX only)")
 
 CONFIG = parse_config(tiny_config(data={"limit": 16}, batch_size=4, max_steps=5, save_every=1, keep_checkpoints=2,
                                   log_every=1, threads=1, ema_decay=0.9))
 WRITES = ("save_file", "save")  # the calls that write a checkpoint file (safetensors, torch.save)
-FILE_OPS = ((rundir, "save_file"), (torch, "save"), (rundir, "fsync_path"), (os, "rename"), (os, "replace"),
+FILE_OPS = ((rundir.writing, "save_file"), (torch, "save"), (rundir.writing, "fsync_path"), (os, "rename"), (os, "replace"),
             (os, "link"), (shutil, "rmtree"))
 
 
@@ -76,7 +78,7 @@ def watch_file_ops(log: list[str], kill_at: int | None, torn: bool) -> None:
 
 def train(run_dir: Path, data: ImageDataset, resume: bool) -> Trainer:
     resume = resume and bool(rundir.committed_checkpoints(run_dir))  # killed before the first commit: start again
-    return Trainer(CONFIG, run_dir, resume=resume, dataset=data)
+    return make_trainer(CONFIG, run_dir, resume=resume, dataset=data)
 
 
 def killed_run(run_dir: Path, data: ImageDataset, resume: bool, kill_at: int | None = None, torn: bool = False,

@@ -16,9 +16,11 @@ from diffsat.data import ImageDataset, load_dataset
 from diffsat.errors import CheckpointError, DiffsatError, TrainingDivergedError
 from diffsat.models.unet import ModelShapeError
 from diffsat.plots import plot_training
+from diffsat.rundir import read_metrics
 from diffsat.training.ema import EMA
-from diffsat.training.loop import Trainer, batch_indices, lr_at
-from diffsat.training.metrics import read_metrics
+from diffsat.seeding import batch_indices
+from diffsat.training.runs import make_trainer
+from diffsat.training.trainer import budget_step, lr_at
 
 TINY = tiny_config(data={"limit": 64}, max_steps=6, warmup_steps=2, save_every=3, sample_steps=4, lr=2e-3)
 
@@ -38,7 +40,7 @@ def digits() -> ImageDataset:
 
 def test_loss_falls_on_real_digits(tmp_path: Path, digits: ImageDataset) -> None:
     cfg = tiny(train={"max_steps": 80, "log_every": 10, "save_every": 1000})
-    result = Trainer(cfg, tmp_path / "run", dataset=digits, on_finish=[plot_training]).run(progress=False)
+    result = make_trainer(cfg, tmp_path / "run", dataset=digits, on_finish=[plot_training]).run(progress=False)
     first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
     assert result.step == 80 and result.stopped_by == "max_steps"
     assert last < 0.6 * first, (first, last)
@@ -52,11 +54,11 @@ def test_loss_falls_on_real_digits(tmp_path: Path, digits: ImageDataset) -> None
 
 def test_resume_is_exact(tmp_path: Path, digits: ImageDataset) -> None:
     cfg = tiny(train={"max_steps": 6, "save_every": 3})
-    straight = Trainer(cfg, tmp_path / "a", dataset=digits)
+    straight = make_trainer(cfg, tmp_path / "a", dataset=digits)
     straight.run(progress=False)
-    half = Trainer(tiny(train={"max_steps": 3, "save_every": 3}), tmp_path / "b", dataset=digits)
+    half = make_trainer(tiny(train={"max_steps": 3, "save_every": 3}), tmp_path / "b", dataset=digits)
     half.run(progress=False)
-    resumed = Trainer(cfg, tmp_path / "b", resume=True, dataset=digits)
+    resumed = make_trainer(cfg, tmp_path / "b", resume=True, dataset=digits)
     assert resumed.step == 3
     resumed.run(progress=False)
     for name in ("model.safetensors", "ema.safetensors"):
@@ -67,11 +69,11 @@ def test_resume_is_exact(tmp_path: Path, digits: ImageDataset) -> None:
 
 
 def test_checkpoint_round_trip_and_atomic_files(tmp_path: Path, digits: ImageDataset) -> None:
-    trainer = Trainer(tiny(), tmp_path, dataset=digits)
+    trainer = make_trainer(tiny(), tmp_path, dataset=digits)
     trainer.run(progress=False)
     state = rundir.load_train_state(tmp_path)
     assert state["step"] == 6 and state["ema_updates"] == 6
-    fresh = Trainer(tiny(), tmp_path, resume=True, dataset=digits)
+    fresh = make_trainer(tiny(), tmp_path, resume=True, dataset=digits)
     for a, b in zip(trainer.model.state_dict().values(), fresh.model.state_dict().values()):
         assert torch.equal(a, b)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -85,10 +87,10 @@ def flatten_to_old_layout(run_dir: Path) -> None:
 
 
 def test_old_layout_resumes_and_moves_to_step_directories(tmp_path: Path, digits: ImageDataset) -> None:
-    Trainer(tiny(train={"max_steps": 3}), tmp_path / "old", dataset=digits).run(progress=False)
+    make_trainer(tiny(train={"max_steps": 3}), tmp_path / "old", dataset=digits).run(progress=False)
     flatten_to_old_layout(tmp_path / "old")
-    Trainer(tiny(), tmp_path / "old", resume=True, dataset=digits).run(progress=False)
-    Trainer(tiny(), tmp_path / "new", dataset=digits).run(progress=False)
+    make_trainer(tiny(), tmp_path / "old", resume=True, dataset=digits).run(progress=False)
+    make_trainer(tiny(), tmp_path / "new", dataset=digits).run(progress=False)
     for name in ("model.safetensors", "ema.safetensors"):
         a, b = load_file(tmp_path / "old" / name), load_file(tmp_path / "new" / name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
@@ -97,39 +99,42 @@ def test_old_layout_resumes_and_moves_to_step_directories(tmp_path: Path, digits
 
 
 def test_inconsistent_old_layout_checkpoint_is_refused(tmp_path: Path, digits: ImageDataset) -> None:
-    Trainer(tiny(), tmp_path, dataset=digits).run(progress=False)
-    Trainer(tiny(train={"max_steps": 9}), tmp_path / "other", dataset=digits).run(progress=False)
+    make_trainer(tiny(), tmp_path, dataset=digits).run(progress=False)
+    make_trainer(tiny(train={"max_steps": 9}), tmp_path / "other", dataset=digits).run(progress=False)
     flatten_to_old_layout(tmp_path)
     (tmp_path / "ema.safetensors").write_bytes((tmp_path / "other" / "ema.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="holds step 9 but train_state.pt holds step 6"):
-        Trainer(tiny(), tmp_path, resume=True, dataset=digits)
+        make_trainer(tiny(), tmp_path, resume=True, dataset=digits)
 
 
 def test_a_new_run_never_overwrites_a_run_with_checkpoints(tmp_path: Path, digits: ImageDataset) -> None:
-    Trainer(tiny(train={"max_steps": 2}), tmp_path, dataset=digits).run(progress=False)
+    make_trainer(tiny(train={"max_steps": 2}), tmp_path, dataset=digits).run(progress=False)
     with pytest.raises(CheckpointError, match=r"already holds a training checkpoint \(.*step-0000002\): continue "
                                               r"it with --resume"):
-        Trainer(tiny(), tmp_path, dataset=digits)
+        make_trainer(tiny(), tmp_path, dataset=digits)
 
 
 def test_resume_without_checkpoint_and_wrong_shape(tmp_path: Path, digits: ImageDataset) -> None:
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
-        Trainer(tiny(), tmp_path / "empty", resume=True, dataset=digits)
-    Trainer(tiny(), tmp_path / "run", dataset=digits).run(progress=False)
+        make_trainer(tiny(), tmp_path / "empty", resume=True, dataset=digits)
+    make_trainer(tiny(), tmp_path / "run", dataset=digits).run(progress=False)
     wider = tiny(model={"base_channels": 16})
     with pytest.raises(CheckpointError, match=r"has shape .* but the config builds"):
-        Trainer(wider, tmp_path / "run", resume=True, dataset=digits)
+        make_trainer(wider, tmp_path / "run", resume=True, dataset=digits)
 
 
-def test_time_limit_stops_cleanly_with_a_checkpoint(tmp_path: Path, digits: ImageDataset) -> None:
-    cfg = tiny(train={"max_steps": 10_000, "time_limit_minutes": 0.02, "save_every": 10_000})
-    result = Trainer(cfg, tmp_path, dataset=digits).run(progress=False)
+def test_time_limit_stops_cleanly_with_a_checkpoint_and_annealed(tmp_path: Path, digits: ImageDataset) -> None:
+    cfg = tiny(train={"max_steps": 10_000, "time_limit_minutes": 0.02, "save_every": 10_000, "log_every": 1,
+                      "lr_schedule": "cosine"})
+    result = make_trainer(cfg, tmp_path, dataset=digits).run(progress=False)
     assert result.stopped_by == "time_limit" and 0 < result.step < 10_000
     assert rundir.load_train_state(tmp_path)["step"] == result.step
+    lr = read_metrics(tmp_path)["lr"]
+    assert lr[-1] < 0.02 * cfg.train.lr and lr[-1] < lr[len(lr) // 2]  # near zero at the limit, falling
 
 
 def test_ctrl_c_saves_before_stopping(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
-    trainer = Trainer(tiny(train={"max_steps": 50, "save_every": 1000}), tmp_path, dataset=digits)
+    trainer = make_trainer(tiny(train={"max_steps": 50, "save_every": 1000}), tmp_path, dataset=digits)
     original = trainer.train_step
 
     def interrupted():
@@ -150,8 +155,19 @@ def test_lr_schedules() -> None:
     assert lr_at(4, cosine) == pytest.approx(1.0)
     assert lr_at(9, cosine) == pytest.approx(0.5)
     assert lr_at(14, cosine) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_time_limited_schedule_runs_over_the_budget_spent() -> None:
+    """With a time limit the schedule follows the fraction of the budget spent, steps or time, whichever is
+    further: a run the limit stops has annealed, and one that reaches max_steps first is unchanged."""
+    cosine = tiny(train={"lr": 1.0, "warmup_steps": 4, "max_steps": 14, "lr_schedule": "cosine"}).train
     timed = cosine.model_copy(update={"time_limit_minutes": 1.0})
-    assert lr_at(9, timed) == lr_at(9, cosine)  # the time limit never bends the curve: resume stays exact
+    assert lr_at(9, timed, elapsed_s=0.0) == lr_at(9, cosine)  # time not yet further than the steps
+    assert budget_step(2, timed, elapsed_s=30.0) == pytest.approx(7.0)  # half the minute: half of 14 steps
+    assert lr_at(2, timed, elapsed_s=30.0) == pytest.approx(lr_at(7, cosine))
+    assert lr_at(5, timed, elapsed_s=60.0) == pytest.approx(0.0, abs=1e-12)  # the limit: annealed at step 5
+    assert lr_at(0, timed, elapsed_s=1.0) > lr_at(0, cosine)  # warm-up also runs over the budget
+    assert budget_step(9, cosine, elapsed_s=1e9) == 9.0  # no limit: the step alone
 
 
 def test_batches_cover_each_epoch_once() -> None:
@@ -175,7 +191,7 @@ def test_ema_warm_up_and_decay() -> None:
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, digits: ImageDataset) -> None:
-    trainer = Trainer(tiny(), tmp_path, dataset=digits)
+    trainer = make_trainer(tiny(), tmp_path, dataset=digits)
     trainer.train_step = lambda: (math.nan, 0.0)
     with pytest.raises(TrainingDivergedError, match="loss became nan at step .*lower train.lr"):
         trainer.run(progress=False)
@@ -185,11 +201,11 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, digits: Imag
 def test_network_shape_errors_come_before_the_data_is_read(tmp_path: Path) -> None:
     cfg = tiny(model={"image_size": 29}, data={"image_size": 29, "path": str(tmp_path / "no-such-mnist")})
     with pytest.raises(ModelShapeError, match="image size 29 cannot pass 1 down-sampling"):
-        Trainer(cfg, tmp_path / "run")
+        make_trainer(cfg, tmp_path / "run")
 
 
 def test_a_run_samples_its_ema_unless_asked_for_the_trained_weights(tmp_path: Path, digits: ImageDataset) -> None:
-    Trainer(tiny(train={"ema_decay": 0.9}), tmp_path / "run", dataset=digits).run(progress=False)
+    make_trainer(tiny(train={"ema_decay": 0.9}), tmp_path / "run", dataset=digits).run(progress=False)
     files = {name: load_file(tmp_path / "run" / name) for name in ("ema.safetensors", "model.safetensors")}
     assert any(not torch.equal(files["ema.safetensors"][k], v) for k, v in files["model.safetensors"].items())
     for ema, name in ((True, "ema.safetensors"), (False, "model.safetensors")):
@@ -217,7 +233,7 @@ class _Recorder:
 def test_tensorboard_mirrors_metrics_and_grids(tmp_path: Path, digits: ImageDataset) -> None:
     from diffsat.training.tensorboard import TensorBoardLog
 
-    trainer = Trainer(tiny(train={"sample_every": 3}), tmp_path, dataset=digits)
+    trainer = make_trainer(tiny(train={"sample_every": 3}), tmp_path, dataset=digits)
     recorder = _Recorder()
     trainer.tensorboard = TensorBoardLog(tmp_path, writer=recorder)
     trainer.run(progress=False)
@@ -241,7 +257,7 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path: Path, digits
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(Exception, match=r'pip install "diffsat\[tensorboard\]"'):
-        Trainer(tiny(train={"tensorboard": True}), tmp_path, dataset=digits)
+        make_trainer(tiny(train={"tensorboard": True}), tmp_path, dataset=digits)
 
 
 def test_flop_count_includes_attention() -> None:
@@ -273,43 +289,41 @@ def two_tone_classes(n: int = 32) -> ImageDataset:
 
 def test_the_loss_sees_each_image_with_its_label(tmp_path: Path) -> None:
     cfg = tiny(model={"num_classes": 3}, train={"batch_size": 16, "label_dropout": 0.25})
-    trainer = Trainer(cfg, tmp_path / "run", dataset=two_tone_classes())  # classes 0 and 1 only, of 3
+    trainer = make_trainer(cfg, tmp_path / "run", dataset=two_tone_classes())  # classes 0 and 1 only, of 3
     with torch.no_grad():
         trainer.model.label_emb.weight.normal_()  # so that every row passes a gradient on
-    trainer.forward_loss().backward()
+    trainer.forward_loss(trainer.task.batch(0))[0].backward()
     grad = trainer.model.label_emb.weight.grad.abs().sum(dim=1)
     assert grad[0] > 0 and grad[1] > 0 and grad[3] > 0  # the two classes and "no class" (label dropout)
     assert grad[2] == 0  # a class without images gets no gradient
-    x, labels = trainer.next_batch()
-    shuffled = functools.partial(trainer.model, labels=labels.flip(0))
-    trained = functools.partial(trainer.model, labels=labels)
+    batch = trainer.task.batch(0)
+    shuffled = type(batch)(batch.x, batch.labels.flip(0))
     seeded = functools.partial(torch.Generator().manual_seed, 0)
-    assert trainer.loss_fn(trained, x, seeded())["loss"] != trainer.loss_fn(shuffled, x, seeded())["loss"]
+    assert trainer.task.loss(trainer.model, batch, seeded())[0] != trainer.task.loss(trainer.model, shuffled, seeded())[0]
 
 
 def test_label_dropout_replaces_the_set_fraction_with_no_class(tmp_path: Path) -> None:
     cfg = tiny(model={"num_classes": 2}, train={"batch_size": 64, "label_dropout": 0.25})
-    trainer = Trainer(cfg, tmp_path / "run", dataset=two_tone_classes(64))
+    trainer = make_trainer(cfg, tmp_path / "run", dataset=two_tone_classes(64))
     dropped = []
     for step in range(20):
-        trainer.step = step
-        x, labels = trainer.next_batch()
+        batch = trainer.task.batch(step)
+        x, labels = batch.x, batch.labels
         assert labels.shape == (64,) and labels.dtype == torch.int64
         kept = labels != 2
         assert torch.equal(labels[kept], torch.where(x[kept].mean(dim=(1, 2, 3)) > 0, 1, 0))  # true labels kept
         dropped.append(float((~kept).double().mean()))
     assert abs(sum(dropped) / len(dropped) - 0.25) < 0.05
-    trainer.step = 3
-    assert torch.equal(trainer.next_batch()[1], trainer.next_batch()[1])  # seeded by (seed, step)
+    assert torch.equal(trainer.task.batch(3).labels, trainer.task.batch(3).labels)  # seeded by (seed, step)
 
 
 def test_conditional_resume_is_exact(tmp_path: Path) -> None:
     data = two_tone_classes()
     cfg = tiny(model={"num_classes": 2}, train={"max_steps": 6, "save_every": 3})
-    Trainer(cfg, tmp_path / "a", dataset=data).run(progress=False)
-    Trainer(tiny(model={"num_classes": 2}, train={"max_steps": 3, "save_every": 3}), tmp_path / "b",
+    make_trainer(cfg, tmp_path / "a", dataset=data).run(progress=False)
+    make_trainer(tiny(model={"num_classes": 2}, train={"max_steps": 3, "save_every": 3}), tmp_path / "b",
             dataset=data).run(progress=False)
-    Trainer(cfg, tmp_path / "b", resume=True, dataset=data).run(progress=False)
+    make_trainer(cfg, tmp_path / "b", resume=True, dataset=data).run(progress=False)
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert "label_emb.weight" in a and all(torch.equal(a[k], b[k]) for k in a)
     assert not bool((a["label_emb.weight"] == 0).all())  # the class embedding was trained
@@ -320,9 +334,9 @@ def test_conditional_model_needs_labelled_data(tmp_path: Path, digits: ImageData
 
     unlabelled = ImageDataset(digits.tiles, None, "unlabelled digits")
     with pytest.raises(DataError, match="model.num_classes=10 needs class labels, but .* has none"):
-        Trainer(tiny(model={"num_classes": 10}), tmp_path / "a", dataset=unlabelled)
+        make_trainer(tiny(model={"num_classes": 10}), tmp_path / "a", dataset=unlabelled)
     with pytest.raises(DataError, match="labels up to 9 but model.num_classes=5: set model.num_classes to at least 10"):
-        Trainer(tiny(model={"num_classes": 5}), tmp_path / "b", dataset=digits)
+        make_trainer(tiny(model={"num_classes": 5}), tmp_path / "b", dataset=digits)
 
 
 @pytest.mark.slow
@@ -332,7 +346,7 @@ def test_compiled_training_matches_eager(tmp_path: Path, digits: ImageDataset) -
     runs = {}
     for name, compile_ in (("eager", False), ("compiled", True)):
         cfg = tiny(train={"max_steps": 3, "save_every": 3, "compile": compile_})
-        trainer = Trainer(cfg, tmp_path / name, dataset=digits)
+        trainer = make_trainer(cfg, tmp_path / name, dataset=digits)
         assert hasattr(trainer.net, "_orig_mod") == compile_  # torch.compile's wrapper
         runs[name] = (trainer.run(progress=False).losses, load_file(tmp_path / name / "model.safetensors"))
     (eager_losses, eager_w), (compiled_losses, compiled_w) = runs["eager"], runs["compiled"]
@@ -342,8 +356,8 @@ def test_compiled_training_matches_eager(tmp_path: Path, digits: ImageDataset) -
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(tmp_path: Path, digits: ImageDataset, monkeypatch) -> None:
-    from diffsat.training import loop
+    from diffsat.training import trainer
 
-    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
+    monkeypatch.setattr(trainer.shutil, "which", lambda name: None)
     with pytest.raises(DiffsatError, match=r"train\.compile needs a C\+\+ compiler.*train\.compile=false"):
-        Trainer(tiny(train={"compile": True}), tmp_path / "run", dataset=digits)
+        make_trainer(tiny(train={"compile": True}), tmp_path / "run", dataset=digits)

@@ -14,6 +14,7 @@ from pytorch_msssim import ssim as _ssim
 from torch import nn
 
 from ..config import AutoencoderLossConfig
+from ..precision import autocast
 
 SSIM_WINDOW = 11
 """Gaussian window of SSIM (sigma 1.5), as in Wang et al. 2004; images need at least this many pixels a side."""
@@ -23,7 +24,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM ``(B,)`` of images in [-1, 1] (computed on [0, 1], data range 1, 11x11 Gaussian window,
     sigma 1.5); 1 for identical images. Differentiable. Always float32, also under bf16 autocast: its
     variances are differences of nearly equal means, which bf16 can make negative (SSIM then explodes)."""
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device, False):  # float32 inside, also within a bf16 region
         return _ssim((x.float() + 1) / 2, (y.float() + 1) / 2, data_range=1.0, size_average=False,
                      win_size=SSIM_WINDOW)
 
@@ -37,7 +38,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def fft_amplitude_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the orthonormal 2-D FFT amplitudes (a scalar): penalises lost high
     frequencies, which the pixel L1 alone lets the decoder blur."""
-    with torch.autocast(x.device.type, enabled=False):
+    with autocast(x.device, False):  # float32 inside, also within a bf16 region
         fx, fy = torch.fft.rfft2(x.float(), norm="ortho"), torch.fft.rfft2(y.float(), norm="ortho")
         return (fx.abs() - fy.abs()).abs().mean()
 

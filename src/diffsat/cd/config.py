@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..config import ConfigError, _format_error, _Section, apply_overrides, read_json
 from ..fileio import atomic_write_text
+from ..precision import Precision
 from ..rundir import CONFIG_FILE, run_file
 
 DDPMCD_TIMESTEPS = (50, 100, 400)
@@ -82,9 +83,9 @@ class FeatureConfig(_Section):
     seed: int = 0
     """Seed of the noise added to the images (the same noise for A and B): features are deterministic."""
     cache_dtype: Literal["float16", "float32"] = "float16"
-    precision: Literal["fp32", "bf16", "auto"] = "auto"
+    precision: Precision = "auto"
     """The backbone's forward passes: float32, bfloat16 autocast, or ``auto``: bf16 when a cached timing of
-    this backbone on this machine finds it faster (:func:`diffsat.precision.auto_bf16`, measured at a
+    this backbone on this machine finds it faster (:func:`diffsat.precision.resolve_precision`, measured at a
     ``data.window`` square). The choice is part of the feature cache's key."""
 
     @model_validator(mode="after")

@@ -28,7 +28,8 @@ from ..diffusion.schedules import NoiseSchedule
 from ..errors import DiffsatError
 from ..fileio import atomic_write, sha256_file
 from ..models.unet import ResnetBlockWithAttn, SR3UNet
-from ..precision import auto_bf16
+from ..models.encoders import PixelSpace
+from ..precision import autocast, resolve_precision
 from ..rundir import EMA_FILE, MODEL_FILE, load_model, run_file
 from .config import FeatureConfig
 
@@ -63,7 +64,7 @@ def load_backbone(cfg: FeatureConfig) -> Backbone:
         raise FeatureError("features.backbone is not set: give a diffsat run directory or a DDPM-CD checkpoint")
     path = Path(cfg.backbone).expanduser()
     loaded = load_model(path, cfg.backbone_config, ema=cfg.ema)
-    if loaded.config.latent is not None:
+    if not isinstance(loaded.encoder, PixelSpace):
         raise FeatureError(f"features.backbone {path} is a latent diffusion run: its U-Net sees autoencoder latents, "
                            "not the images, so its features do not line up with the pixels; give a pixel-space run")
     weights = run_file(path, {"ema": EMA_FILE, "model": MODEL_FILE}[loaded.weights]) if path.is_dir() else path
@@ -146,16 +147,9 @@ class FeatureExtractor:
         self.modules = {name: module for name, module, _, _ in chosen}
         self.scales = [Scale(name, channels, factor) for name, _, channels, factor in chosen]
         self.align = 2 ** (len(net.config.channel_mults) - 1)
-        self.bf16 = self._resolve_bf16(window)
-
-    def _resolve_bf16(self, window: int) -> bool:
-        """``features.precision`` as a yes/no for bf16 autocast (``auto``: timed at a ``window`` square pair)."""
-        if self.cfg.precision != "auto":
-            return self.cfg.precision == "bf16"
-        net = self.backbone.net
-        device = next(net.parameters()).device
         side = max(self.align, window - window % self.align)
-        return auto_bf16(net, (2, 3, side, side), device, channels_last=False)
+        self.bf16 = resolve_precision(cfg.precision, net, (2, 3, side, side), next(net.parameters()).device)
+        """``features.precision`` as a yes/no for bf16 autocast (``auto``: timed at a ``window`` square pair)."""
 
     def describe(self) -> dict:
         return {"backbone": self.backbone.identity, "levels": list(self.levels),
@@ -174,7 +168,7 @@ class FeatureExtractor:
                      for name, m in self.modules.items()]
             try:
                 x_t = level * x0 + (1.0 - level**2) ** 0.5 * noise
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                with autocast(device, self.bf16):
                     net(x_t, torch.full((2,), level, device=device))
             finally:
                 for h in hooks:

@@ -46,9 +46,10 @@ class ImageMethod:
     def sample(self, pair: Pair) -> Sample:
         return {"A": to_unit_range(pair.before), "B": to_unit_range(pair.after)}
 
-    def logits(self, batch: Sample) -> torch.Tensor:
-        """``batch["A"]``, ``batch["B"]``: ``(B, 3, S, S)`` -> ``(B, 2, S, S)``."""
-        return self.net(batch["A"], batch["B"])
+    def logits(self, batch: Sample, net: nn.Module | None = None) -> torch.Tensor:
+        """``batch["A"]``, ``batch["B"]``: ``(B, 3, S, S)`` -> ``(B, 2, S, S)``; ``net``: the trainer's wrapping
+        of :attr:`net` (default: :attr:`net` itself)."""
+        return (net or self.net)(batch["A"], batch["B"])
 
     def window_logits(self, before: torch.Tensor, after: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.net(before[None].to(self.device), after[None].to(self.device))[0].cpu()
@@ -80,10 +81,11 @@ class FeatureHeadMethod:
         noise = image_noise(h, w, self.cfg.features.seed)
         return self.cache.features(to_unit_range(pair.before), to_unit_range(pair.after), noise)
 
-    def logits(self, batch: Sample) -> torch.Tensor:
-        """Feature maps ``(B, levels * C, S/f, S/f)`` per scale -> ``(B, 2, S, S)`` (upsampled from the finest)."""
+    def logits(self, batch: Sample, net: nn.Module | None = None) -> torch.Tensor:
+        """Feature maps ``(B, levels * C, S/f, S/f)`` per scale -> ``(B, 2, S, S)`` (upsampled from the finest);
+        ``net``: the trainer's wrapping of :attr:`net` (default: :attr:`net` itself)."""
         names = [s.name for s in self.extractor.scales]
-        out = self.net([batch[f"A.{n}"] for n in names], [batch[f"B.{n}"] for n in names])
+        out = (net or self.net)([batch[f"A.{n}"] for n in names], [batch[f"B.{n}"] for n in names])
         factor = self.extractor.scales[-1].factor
         if factor > 1:
             out = F.interpolate(out, scale_factor=factor, mode="bilinear", align_corners=False)

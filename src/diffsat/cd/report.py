@@ -11,7 +11,6 @@ from .. import rundir
 from ..plots import plot_loss_curve
 from ..evaluation.results import fmt
 from ..report import config_section, document, figure, metrics_section, run_heading, table
-from ..training.metrics import read_metrics
 
 MAX_FIGURES = 8
 COLUMNS = ("f1", "iou", "precision", "recall", "oa", "kappa", "mean_f1", "mean_iou")
@@ -19,9 +18,9 @@ COLUMNS = ("f1", "iou", "precision", "recall", "oa", "kappa", "mean_f1", "mean_i
 
 def results_section(run_dir: Path) -> str:
     """The test-split table (one row per method) and the per-pair figures of each method."""
-    path = run_dir / "test_metrics.json"
+    path = run_dir / rundir.CD_TEST_METRICS_FILE
     if not path.is_file():
-        return '<h2>Change detection</h2><p class="note">no test_metrics.json (no test split)</p>'
+        return f'<h2>Change detection</h2><p class="note">no {rundir.CD_TEST_METRICS_FILE} (no test split)</p>'
     doc = json.loads(path.read_text())
     rows = []
     for name, r in doc["methods"].items():
@@ -37,7 +36,8 @@ def results_section(run_dir: Path) -> str:
     parts = ["<h2>Change detection (test split)</h2>", note, table(header, rows, (False,) + (True,) * 11)]
     first = next(iter(doc["methods"]), None)
     for name in doc["methods"]:
-        folder = (run_dir if name == first else run_dir / "baselines" / name) / "test" / "figures"
+        method = run_dir if name == first else run_dir / rundir.CD_BASELINES_DIR / name
+        folder = method / rundir.CD_TEST_DIR / rundir.CD_FIGURES_DIR
         pngs = sorted(folder.glob("*.png"))[:MAX_FIGURES] if folder.is_dir() else []
         if pngs:
             parts.append(f"<h3>{name}: before | after | truth | prediction (TP white, FP red, FN blue)</h3>")
@@ -50,6 +50,6 @@ def write_cd_report(run_dir: str | Path) -> Path:
     body = [run_heading(run_dir, "diffsat change-detection run"), results_section(run_dir)]
     if rundir.run_file(run_dir, rundir.METRICS_FILE).is_file():
         plot_loss_curve(run_dir)
-        body += [metrics_section(read_metrics(run_dir)), "<h2>Loss</h2>" + figure(rundir.run_file(run_dir, rundir.LOSS_PLOT), "training loss")]
+        body += [metrics_section(rundir.read_metrics(run_dir)), "<h2>Loss</h2>" + figure(rundir.run_file(run_dir, rundir.LOSS_PLOT), "training loss")]
     body.append(config_section(run_dir))
     return atomic_write_text(rundir.run_file(run_dir, rundir.REPORT_FILE), document(f"diffsat cd run: {run_dir.resolve().name}", body))

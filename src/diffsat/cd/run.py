@@ -3,7 +3,7 @@ predict pairs with a trained run, and score a folder of predicted masks against 
 
 A run directory (``diffsat cd train CONFIG --out RUN``)::
 
-    RUN/config.json, model.safetensors, best.safetensors, train_state.pt, metrics.csv, loss.png  (the method)
+    RUN/config.json, checkpoints/, model.safetensors, best.safetensors, metrics.csv, loss.png  (the method)
     RUN/features/<sha256>.safetensors     cached backbone features (ddpmcd)
     RUN/baselines/<name>/...              each baseline of head.compare, trained the same way
     RUN/test/ and RUN/baselines/<name>/test/   test-split masks, figures/ (before | after | truth | prediction)
@@ -25,20 +25,27 @@ from ..data.dataset import DataError
 from ..data.folder import IMAGE_SUFFIXES
 from ..data.tiles import DECODE_ERRORS
 from ..fileio import atomic_write_text
-from ..rundir import CONFIG_FILE, STATE_FILE
+from ..rundir import (
+    CD_BASELINES_DIR,
+    CD_FEATURES_DIR,
+    CD_FIGURES_DIR,
+    CD_TEST_DIR,
+    CD_TEST_METRICS_FILE,
+    CONFIG_FILE,
+    STATE_FILE,
+    committed_checkpoints,
+)
 from .config import CDConfig, PairSource, load_cd_config, save_cd_config
 from .methods import Method, build_method, predict_pair
 from .metrics import Accumulator
 from .outputs import pair_figure, png_name, save_mask, save_png, save_probability
 from .pairs import Pair, load_pairs, read_label
-from .train import HeadTrainer, load_best
-
-METRICS_FILE = "test_metrics.json"
+from .train import load_best, train_head
 
 
 def method_dir(run_dir: Path, cfg: CDConfig, name: str) -> Path:
     """Where method ``name`` of a run lives: the run itself for ``head.kind``, else ``baselines/<name>``."""
-    return run_dir if name == cfg.head.kind else run_dir / "baselines" / name
+    return run_dir if name == cfg.head.kind else run_dir / CD_BASELINES_DIR / name
 
 
 def predict_to_dir(method: Method | None, pairs: list[Pair], out: Path, probabilities: bool = False,
@@ -58,10 +65,15 @@ def predict_to_dir(method: Method | None, pairs: list[Pair], out: Path, probabil
         if probabilities:
             save_probability(out / "probability" / name, prob)
         if figures:
-            save_png(out / "figures" / name, pair_figure(pair.before, pair.after, pair.label, mask))
+            save_png(out / CD_FIGURES_DIR / name, pair_figure(pair.before, pair.after, pair.label, mask))
         if scored:
             acc.add(pair.name, mask, pair.label)
     return acc.result() if scored else None
+
+
+def has_training(folder: Path) -> bool:
+    """Whether ``folder`` holds a trained head: committed checkpoints, or the older layout's train state."""
+    return bool(committed_checkpoints(folder)) or (folder / STATE_FILE).is_file()
 
 
 def _load_split(sources: tuple[PairSource, ...], what: str) -> list[Pair]:
@@ -76,7 +88,7 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
     run_dir = Path(run_dir)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if not resume and (run_dir / STATE_FILE).is_file():
+    if not resume and has_training(run_dir):
         raise DataError(f"{run_dir}: already holds a trained run; continue it with --resume or choose another --out")
     train = _load_split(cfg.data.train, "training pairs")
     if not train:
@@ -90,16 +102,16 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
         folder = method_dir(run_dir, cfg, name)
         method, training = None, None
         if name != "cva":
-            method = build_method(name, cfg, run_dir / "features")
+            method = build_method(name, cfg, run_dir / CD_FEATURES_DIR)
             save_cd_config(cfg, folder / CONFIG_FILE)
-            again = resume and (folder / STATE_FILE).is_file()
-            summary = HeadTrainer(method, folder, train, val, resume=again, progress=progress).run()
+            again = resume and bool(committed_checkpoints(folder))
+            summary = train_head(method, folder, train, val, resume=again, progress=progress)
             training = dataclasses.asdict(summary)
             load_best(method, folder)
         if test:
-            result = predict_to_dir(method, test, folder / "test", progress=progress, what=f"{name}: test pairs")
+            result = predict_to_dir(method, test, folder / CD_TEST_DIR, progress=progress, what=f"{name}: test pairs")
             doc["methods"][name] = {**(result or {}), "training": training}
-    atomic_write_text(run_dir / METRICS_FILE, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(run_dir / CD_TEST_METRICS_FILE, json.dumps(doc, indent=2) + "\n")
     write_cd_report(run_dir)
     return doc
 

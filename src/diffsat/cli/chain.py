@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings.for_model(loaded.config)
     frames, fractions = chain_frames(loaded.network, loaded.config, args.n, args.seed, settings,
                                      frames=args.frames, schedule=loaded.schedule, progress=True,
-                                     labels=args.label)
+                                     labels=args.label, encoder=loaded.encoder)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{settings.describe()}, seed {args.seed}"
     plot_chain(frames, fractions, args.out, title=title)

@@ -7,13 +7,10 @@ import time
 from pathlib import Path
 
 from ..diffusion.objective import X0_CLIPS
+from ..precision import PRECISIONS
 from ..samplers import SAMPLERS, SPACINGS
+from ..sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .common import add_device, add_parser, int_list, positive_int
-
-
-DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++sde", 10
-"""The sampler and step count of ``diffsat sample`` and ``diffsat chain`` when none is given: the fastest
-setting whose digits match 1,000 ancestral steps within 10 % in classifier FID (benchmarks/RESULTS.md)."""
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +46,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "cost per step); default: the run's train.guidance")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="bf16 autocast or fp32; auto (default) = bf16 on a bf16-capable GPU; on a CPU with "
                         "native bf16 whichever a few timed network calls at this batch find faster (once per "
                         "machine, network and batch; cached in ~/.cache/diffsat/precision.json); fp32 otherwise")
@@ -64,8 +61,7 @@ def settings_from(args: argparse.Namespace):
     options that do not fit together, e.g. ``--eta`` without ``--sampler ddim``)."""
     from ..sampling import SampleSettings
 
-    bf16 = {"auto": None, "fp32": False, "bf16": True}[args.precision]
-    return SampleSettings(args.sampler, args.steps, args.batch_size, bf16=bf16, device=args.device,
+    return SampleSettings(args.sampler, args.steps, args.batch_size, precision=args.precision, device=args.device,
                           compile=args.compile, spacing=args.spacing, eta=args.eta, x0_clip=args.x0_clip,
                           guidance=args.guidance)
 
@@ -103,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_network(args)
     config = loaded.config
     start = time.perf_counter()
-    images = generate(loaded.network, config, args.n, args.seed, settings, labels=args.label,
-                      schedule=loaded.schedule)
+    images = generate(loaded.network, config, args.n, args.seed, settings, encoder=loaded.encoder,
+                      labels=args.label, schedule=loaded.schedule)
     seconds = time.perf_counter() - start
     labels = class_labels(config, args.n, settings, args.label)[0]  # None for an unconditional model
     write_sample_folder(images, args.out, labels, grid=args.grid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import AutoencoderRunConfig
 from ..rundir import load_any_run_config
 from ..errors import DiffsatError
 from .common import add_parser
@@ -33,18 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..autoencoder.trainer import AutoencoderTrainer
     from ..plots import plot_training
     from ..report import write_report
-    from ..training.loop import Trainer, train
+    from ..training.runs import train
 
     if args.config is None and not args.resume:
         raise DiffsatError("give a CONFIG to train from (or --resume to continue the run in --out)")
     source = args.config if args.config is not None else args.out
     config = load_any_run_config(source, args.overrides)
-    trainer = AutoencoderTrainer if isinstance(config, AutoencoderRunConfig) else Trainer
     result = train(config, args.out, resume=args.resume, progress=not args.no_progress,
-                   on_finish=(plot_training, write_report), trainer=trainer)
+                   on_finish=(plot_training, write_report))
     if not result.is_main:
         return 0  # torchrun: rank 0 reports for the run
     print(f"trained {result.step} steps in {result.elapsed_s / 60:.1f} min (stopped by {result.stopped_by}); "

@@ -27,6 +27,7 @@ from diffsat.data.transforms import to_unit_range
 from diffsat.errors import DiffsatError
 from diffsat.evaluation.outliers import outlier_batch
 from diffsat.fileio import atomic_write, cache_dir, sha256_file
+from diffsat.precision import autocast
 
 ARCH_VERSION = "mnist-cnn-v2"
 """Architecture and training-recipe tag stored in (and checked against) the weights file metadata. v2: trained
@@ -173,7 +174,7 @@ def _train_epoch(model, data, opt, sched, generator, batch_size: int, bar, use_b
     order, total, steps = torch.randperm(len(x), generator=generator), 0.0, 0
     for idx in order.split(batch_size):
         xb = random_blur(random_shift(x[idx], 2, generator), BLUR_FRACTION, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast("cpu", use_bf16):
             loss = outlier_exposure_loss(model, xb, y[idx], generator)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -215,21 +216,29 @@ def train_classifier(
     use_bf16: bool = False,
     threads: int | None = 1,
     progress: bool = True,
+    train_limit: int | None = None,
 ) -> tuple[DigitClassifier, float]:
-    """Train :class:`DigitClassifier` on the full MNIST train split in ``mnist_root`` (idx files) and test it.
+    """Train :class:`DigitClassifier` on the MNIST train split in ``mnist_root`` (idx files) and test it.
 
     Adam + OneCycle, random +-2 px shifts and blur, outlier exposure (:func:`outlier_exposure_loss`), channels-last;
     all randomness from ``seed``. ``use_bf16``: CPU bfloat16 autocast for training (default off: slower than
     float32 on CPUs without AMX, see ``benchmarks/RESULTS.md``); evaluation is always float32. ``threads``:
     torch intra-op threads while training, restored afterwards (None: keep the current setting); the default
     1 keeps these small convolutions from slowing down when the cores are shared with another job.
+    ``train_limit``: train on the first ``train_limit`` training digits only (None: all 60,000), for quick
+    checks of the training loop; such weights are far from the >= 99 % of the full recipe.
     Saves the weights to ``out_path`` (default :func:`default_classifier_path`) as safetensors with metadata
-    ``arch_version``, ``test_accuracy``, ``train_images_sha256``, ``epochs``, ``seed``, ``train_seconds``, ``bf16``.
+    ``arch_version``, ``test_accuracy``, ``train_images_sha256``, ``train_images`` (digits trained on),
+    ``epochs``, ``seed``, ``train_seconds``, ``bf16``.
     Returns ``(model in eval mode, accuracy in [0, 1] on the 10,000 test digits)``.
     """
+    if train_limit is not None and train_limit < 1:
+        raise ValueError(f"train_limit must be >= 1 (or None for all training digits), got {train_limit}")
     root = Path(mnist_root).expanduser()
     images_sha = sha256_file(_train_images_file(root))
     train, (xt, yt) = _load_split(root, "train"), _load_split(root, "test")
+    if train_limit is not None:
+        train = (train[0][:train_limit], train[1][:train_limit])
     start, saved_threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
     try:
@@ -242,7 +251,8 @@ def train_classifier(
     seconds = time.perf_counter() - start
     model = model.to(memory_format=torch.contiguous_format).eval()
     accuracy = evaluate_accuracy(model, xt, yt)
-    meta = {"epochs": epochs, "seed": seed, "train_seconds": f"{seconds:.1f}", "bf16": use_bf16}
+    meta = {"train_images": len(train[0]), "epochs": epochs, "seed": seed, "train_seconds": f"{seconds:.1f}",
+            "bf16": use_bf16}
     save_classifier(model, out_path or default_classifier_path(), accuracy, images_sha, meta)
     return model, accuracy
 

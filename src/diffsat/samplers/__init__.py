@@ -23,16 +23,18 @@ from . import ancestral, ddim, dpm_solver
 
 @dataclass(frozen=True)
 class Sampler:
-    """A registered sampler: its function, its default spacing, and whether it takes a ``noise`` source."""
+    """A registered sampler: its function, its default spacing, whether it takes a ``noise`` source, and the
+    names of its further keyword options (settings of :class:`diffsat.sampling.SampleSettings`)."""
 
     sample: Callable
     spacing: str
     draws_noise: bool
+    options: tuple[str, ...] = ()
 
 
 SAMPLERS: dict[str, Sampler] = {
     "ancestral": Sampler(ancestral.sample, "uniform", True),
-    "ddim": Sampler(ddim.sample, "uniform", True),
+    "ddim": Sampler(ddim.sample, "uniform", True, options=("eta",)),
     "dpm++": Sampler(dpm_solver.sample, "logsnr", False),
     "dpm++sde": Sampler(dpm_solver.sample_sde, "logsnr", True),
 }

@@ -7,7 +7,8 @@ sharded, so data-parallel ranks together draw what one process would.
 Latent runs: the encoder does not commute with flips and quarter turns, so each held tile is encoded once
 under each distinct view the data config's augmentation can make (:func:`distinct_views`: 8 with ``hflip``
 and ``rot90``) and the normalised latents of all views are cached in the run directory
-(:data:`diffsat.rundir.LATENT_CACHE`, float16). A step then draws a view per image and a crop of the latent:
+(:data:`diffsat.rundir.LATENT_CACHE`, float16) by the run's encoder
+(:class:`~diffsat.models.encoders.AutoencoderLatents`). A step then draws a view per image and a crop of the latent:
 a random crop of ``image_size / f`` latent pixels stands for the image crop at the same offset times ``f``
 (the encoder is convolutional: equal away from the tile's border). The cache is rebuilt when the
 autoencoder's weights, the data config, the tiles or the encoding precision change. The encoding runs under
@@ -34,8 +35,8 @@ from ..data import ImageDataset
 from ..data.transforms import Shard, augment, crop, randint_sharded, to_model_range
 from ..errors import ConfigError
 from ..fileio import atomic_write
-from ..models.autoencoder import Autoencoder
-from ..precision import auto_bf16_without_level
+from ..models.encoders import AutoencoderLatents
+from ..precision import Precision, resolve_precision
 from .distributed import DistContext
 
 
@@ -102,13 +103,13 @@ class LatentBatches:
         return crop(chosen, self.size, generator if self.random_crop else None, shard).float().contiguous()
 
 
-def encode_views(autoencoder: Autoencoder, tiles: torch.Tensor, views: list[View], batch_size: int = ENCODE_BATCH,
-                 progress: bool = True, bf16: bool = False) -> torch.Tensor:
+def encode_views(encoder: AutoencoderLatents, tiles: torch.Tensor, views: list[View],
+                 batch_size: int = ENCODE_BATCH, progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """Normalised mean latents of every tile under every view: ``(N, V, L, H/f, W/f)`` float32 on the CPU.
 
     ``tiles``: ``(N, C, H, W)`` uint8 or float32 in [-1, 1], ``H`` and ``W`` multiples of the factor.
     ``bf16``: encode under bf16 autocast (the normalisation stays float32)."""
-    device = next(autoencoder.parameters()).device
+    device = encoder.device
     out = []
     bar = tqdm(total=len(tiles) * len(views), desc="encoding latents", unit="image", disable=not progress)
     with bar, torch.inference_mode():
@@ -116,9 +117,7 @@ def encode_views(autoencoder: Autoencoder, tiles: torch.Tensor, views: list[View
             x = to_model_range(chunk.to(device))
             per_view = []
             for view in views:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    mean, _ = autoencoder.encode(apply_view(x, view).contiguous())
-                per_view.append(autoencoder.normalise(mean.float()).cpu())
+                per_view.append(encoder.encode(apply_view(x, view), bf16=bf16).cpu())
                 bar.update(len(chunk))
             out.append(torch.stack(per_view, dim=1))
     return torch.cat(out)
@@ -134,10 +133,10 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(autoencoder: Autoencoder, dataset: ImageDataset, data: DataConfig, views: list[View],
+def _cache_key(encoder: AutoencoderLatents, dataset: ImageDataset, data: DataConfig, views: list[View],
                bf16: bool) -> str:
     tiles = dataset.tiles
-    return json.dumps({"autoencoder": weights_digest(autoencoder), "data": data.model_dump(mode="json"),
+    return json.dumps({"autoencoder": weights_digest(encoder.autoencoder), "data": data.model_dump(mode="json"),
                        "tiles": list(tiles.shape), "tiles_sum": float(tiles.sum(dtype=torch.float64)),
                        "views": [list(v) for v in views], "bf16": bf16}, sort_keys=True)
 
@@ -154,48 +153,47 @@ def _read_cache(path: Path, key: str) -> torch.Tensor | None:
         return None
 
 
-def cached_latents(autoencoder: Autoencoder, dataset: ImageDataset, data: DataConfig, run_dir: Path,
+def cached_latents(encoder: AutoencoderLatents, dataset: ImageDataset, data: DataConfig, run_dir: Path,
                    progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """The latents of ``dataset`` under ``data``'s views (:func:`encode_views`) as float16 values in a float32
     ``(N, V, L, h, w)`` tensor, read from the run's cache when it was made with the same autoencoder weights,
     data config, tiles and precision (``bf16``), else computed and cached."""
     views = distinct_views(data)
-    key = _cache_key(autoencoder, dataset, data, views, bf16)
+    key = _cache_key(encoder, dataset, data, views, bf16)
     path = rundir.run_file(run_dir, rundir.LATENT_CACHE)
     latents = _read_cache(path, key)
     if latents is None:
-        stored = encode_views(autoencoder, dataset.tiles, views, progress=progress, bf16=bf16).half().contiguous()
+        stored = encode_views(encoder, dataset.tiles, views, progress=progress, bf16=bf16).half().contiguous()
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda p: save_file({"latents": stored}, p, metadata={"key": key}))
         latents = stored.float()  # the values a resumed run reads back
     return latents
 
 
-def encoding_bf16(autoencoder: Autoencoder, tile_shape: tuple[int, ...], precision: str, dist: DistContext) -> bool:
-    """Whether a latent run encodes under bf16 autocast: ``train.precision`` ``bf16``/``fp32`` as said, ``auto``
-    as rank 0's timing of the encoder on ``(ENCODE_BATCH, *tile_shape)`` tiles finds (every rank takes it)."""
-    if precision != "auto":
-        return precision == "bf16"
-    choice = dist.is_main and auto_bf16_without_level(
-        autoencoder.encoder, (ENCODE_BATCH, *tile_shape), dist.device,
+def encoding_bf16(encoder: AutoencoderLatents, tile_shape: tuple[int, ...], precision: Precision,
+                  dist: DistContext) -> bool:
+    """Whether a latent run encodes under bf16 autocast: ``precision`` as :func:`diffsat.precision.resolve_precision`
+    decides it for the encoder on ``(ENCODE_BATCH, *tile_shape)`` tiles, on rank 0 (every rank takes its choice)."""
+    choice = dist.is_main and resolve_precision(
+        precision, encoder.autoencoder.encoder, (ENCODE_BATCH, *tile_shape), dist.device, with_level=False,
         announce=lambda line: print(f"encoding latents: {line}", flush=True))
     return bool(dist.broadcast_from_main(int(choice)))
 
 
-def latent_batches(autoencoder: Autoencoder, dataset: ImageDataset, config: Config, run_dir: Path,
-                   dist: DistContext) -> LatentBatches:
+def latent_batches(encoder: AutoencoderLatents, dataset: ImageDataset, config: Config, run_dir: Path,
+                   dist: DistContext, precision: Precision) -> LatentBatches:
     """The batch source of a latent run: rank 0 builds (or reads) the cache, then every rank reads it."""
     start = time.perf_counter()
-    data, factor = config.data, autoencoder.factor
+    data, factor = config.data, encoder.factor
     held = dataset.tiles.shape[-1]
     if held % factor:
         raise ConfigError(f"data: tiles are held at {held} px, which the autoencoder's factor {factor} does not "
                           f"divide: set data.load_size to a multiple of {factor}")
-    bf16 = encoding_bf16(autoencoder, tuple(dataset.tiles.shape[1:]), config.train.precision, dist)
+    bf16 = encoding_bf16(encoder, tuple(dataset.tiles.shape[1:]), precision, dist)
     if dist.is_main:
-        latents = cached_latents(autoencoder, dataset, data, run_dir, bf16=bf16)
+        latents = cached_latents(encoder, dataset, data, run_dir, bf16=bf16)
     dist.barrier()
     if not dist.is_main:
-        latents = cached_latents(autoencoder, dataset, data, run_dir, progress=False, bf16=bf16)
+        latents = cached_latents(encoder, dataset, data, run_dir, progress=False, bf16=bf16)
     return LatentBatches(latents.to(dist.device), data.image_size // factor, data.random_crop,
                          setup_s=time.perf_counter() - start)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import DiffsatError
 from ..fileio import atomic_write_text
-from ..rundir import METRICS_FILE, run_file
+from .names import METRICS_FILE, run_file
 
 TRAIN_FIELDS = ["step", "loss", "lr", "grad_norm", "images_per_s", "gflops", "elapsed_s"]
 """``loss``: mean over the log interval; ``images_per_s``: global (all ranks); ``gflops``: achieved GFLOP/s."""

@@ -1,0 +1,152 @@
+"""The diffusion task: a denoising network (unconditional or class-conditional) on images or, through a
+frozen autoencoder, on their latents (:mod:`diffsat.models.encoders`).
+
+Each step: the step's images (seeded indices, crops and flips; for a latent run, seeded views and crops of
+the cached latents), for a class-conditional model their labels with a ``train.label_dropout`` fraction
+replaced by the "no class" label, and the diffusion loss (:class:`~diffsat.diffusion.objective.DiffusionLoss`)
+of the network's prediction. The preview is a grid of EMA samples with a fixed seed; evaluation scores EMA
+samples (:mod:`diffsat.evaluation.during_training`).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import rundir
+from ..config import Config, DataConfig
+from ..data import DataError, ImageDataset, load_dataset
+from ..diffusion.objective import DiffusionLoss
+from ..diffusion.schedules import NoiseSchedule
+from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
+from ..models.encoders import PIXELS, AutoencoderLatents, Encoder
+from ..models.unet import build_unet
+from ..sample_folder import grid_scale, save_grid
+from ..sampling import SampleSettings, generate
+from ..seeding import batch_indices, step_generator
+from .batches import BatchSource, PixelBatches, latent_batches
+from .task import Nets, TaskContext, TaskDefaults, Terms
+
+GRID_SEED = 1234
+"""Seed of the periodic sample grids and evaluation samples (the same noise every time, so they compare)."""
+PREVIEW_SAMPLES = 9
+
+
+def training_labels(dataset: ImageDataset, num_classes: int | None, data: DataConfig) -> torch.Tensor | None:
+    """The dataset's labels ``(N,)`` int64 for a class-conditional model (``num_classes`` set), else None.
+
+    Raises :class:`~diffsat.data.DataError` when the data has no labels or more classes than the model."""
+    if num_classes is None:
+        return None
+    where = data.path or f"the default {data.kind} data"
+    if dataset.labels is None:
+        raise DataError(
+            f"model.num_classes={num_classes} needs class labels, but {where} has none (an image folder gives "
+            "labels by its class sub-folders): set model.num_classes to null or use labelled data"
+        )
+    top = int(dataset.labels.max()) if len(dataset.labels) else -1
+    if top >= num_classes:
+        raise DataError(
+            f"{where} has labels up to {top} but model.num_classes={num_classes}: set model.num_classes to at "
+            f"least {top + 1}"
+        )
+    return dataset.labels
+
+
+@dataclass(frozen=True)
+class DiffusionBatch:
+    """``x``: ``(B, C, S, S)`` float32 (images in [-1, 1] or normalised latents); ``labels``: ``(B,)`` int64
+    for a class-conditional model (``num_classes`` = "no class"), else None."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class DiffusionTask(TaskDefaults):
+    """Trains ``config``'s denoising network on ``dataset`` (default: ``config.data`` loaded)."""
+
+    name = "training"
+
+    def __init__(self, config: Config, dataset: ImageDataset | None = None) -> None:
+        self.config, self.dataset = config, dataset
+        with torch.device("meta"):  # shape errors (image size, groups) before the data is read, at no cost
+            build_unet(config.model)
+        self.encoder: Encoder = PIXELS
+        self.evaluator: TrainingEvaluator | None = None
+        self._evaluator_made = False
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.config.model.num_classes
+
+    def setup(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+        self.encoder = rundir.run_encoder(self.config).to(ctx.device)
+        if self.dataset is None:
+            self.dataset = load_dataset(self.config.data)
+        self.batches = self._batch_source()
+        self.labels = training_labels(self.dataset, self.num_classes, self.config.data)
+        self.schedule = NoiseSchedule.from_config(self.config.diffusion)
+        self.loss_fn = DiffusionLoss.from_config(self.config.diffusion, self.schedule)
+
+    def _batch_source(self) -> BatchSource:
+        """The held tiles (augmented), or for a latent run their cached latents."""
+        if isinstance(self.encoder, AutoencoderLatents):
+            return latent_batches(self.encoder, self.dataset, self.config, self.ctx.run_dir, self.ctx.dist,
+                                  self.ctx.precision)
+        return PixelBatches(self.dataset.tiles.to(self.ctx.device), self.config.data)
+
+    @property
+    def setup_s(self) -> float:
+        return self.batches.setup_s
+
+    def build_network(self) -> nn.Module:
+        return build_unet(self.config.model)
+
+    def input_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        m = self.config.model
+        return (batch_size, m.in_channels, m.image_size, m.image_size)
+
+    def batch(self, step: int) -> DiffusionBatch:
+        """This rank's share of the step's global batch, on the device."""
+        tc, dist = self.config.train, self.ctx.dist
+        global_idx = batch_indices(len(self.dataset), tc.batch_size * dist.world_size, step, tc.seed)
+        idx = dist.shard(global_idx)
+        x = self.batches(idx.to(self.ctx.device), step_generator(tc.seed, step, 1), (dist.rank, dist.world_size))
+        x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+        if self.labels is None:
+            return DiffusionBatch(x, None)
+        dropped = torch.rand(len(global_idx), generator=step_generator(tc.seed, step, 2)) < tc.label_dropout
+        labels = torch.where(dropped, self.num_classes, self.labels[global_idx])
+        return DiffusionBatch(x, dist.shard(labels).to(self.ctx.device))
+
+    def loss(self, net: nn.Module, batch: DiffusionBatch, generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        prediction = net if batch.labels is None else functools.partial(net, labels=batch.labels)
+        dist = self.ctx.dist
+        return self.loss_fn(prediction, batch.x, generator, shard=(dist.rank, dist.world_size))["loss"], {}
+
+    def samples(self, network: nn.Module, n: int, bf16: bool) -> torch.Tensor:
+        """``n`` images of ``network`` with the fixed grid seed (ancestral, ``train.sample_steps`` steps):
+        ``(n, C, H, W)`` in [-1, 1]."""
+        tc = self.config.train
+        settings = SampleSettings("ancestral", tc.sample_steps, precision="bf16" if bf16 else "fp32",
+                                  device=str(self.ctx.device))
+        return generate(network, self.config, n, seed=GRID_SEED, settings=settings, encoder=self.encoder,
+                        progress=False)
+
+    def preview(self, nets: Nets, path: Path) -> torch.Tensor:
+        images = self.samples(nets.ema, PREVIEW_SAMPLES, nets.bf16)
+        save_grid(images, path, scale=grid_scale(self.config.data.image_size))
+        return images
+
+    def evaluate(self, nets: Nets) -> dict[str, float]:
+        """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``)."""
+        if not self._evaluator_made:
+            self.evaluator, self._evaluator_made = make_training_evaluator(self.config, self.dataset), True
+        if self.evaluator is None:
+            return {}
+        return self.evaluator(self.samples(nets.ema, self.config.train.eval_samples, nets.bf16))
