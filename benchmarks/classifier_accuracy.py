@@ -50,7 +50,7 @@ def check_trained(model, accuracy: float, weights: Path, mnist: Path) -> dict[st
     checks["1,000 test digits: >= 98 % right"] = (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= 0.98
     noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     checks["noise: < 5 % recognisable"] = digit_metrics(loaded.predict_proba(noise))["recognisable"] < 0.05
-    return checks
+    return {name: bool(ok) for name, ok in checks.items()}
 
 
 def main() -> None:

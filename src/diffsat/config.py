@@ -122,10 +122,14 @@ class TrainConfig(_Section):
 
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0.0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
-    """After the linear warm-up: constant, or cosine decay to 0 at the end of the budget. Both run over the
-    fraction of the budget spent: steps of ``max_steps``, or time of ``time_limit_minutes`` when that is
-    further, so a run stopped by its time limit ends annealed on any machine."""
+    lr_schedule: Literal["constant", "cosine", "wsd"] = "constant"
+    """After the linear warm-up: constant; cosine decay to 0 at the end of the budget; or ``wsd``
+    (warm-up, stable, decay): constant, then a cosine decay to 0 over the last ``lr_decay_fraction`` of the
+    budget. Each runs over the fraction of the budget spent: steps of ``max_steps``, or time of
+    ``time_limit_minutes`` when that is further, so a run stopped by its time limit ends annealed on any
+    machine."""
+    lr_decay_fraction: float = Field(0.2, gt=0.0, le=1.0)
+    """``wsd``: the final fraction of the budget over which the learning rate decays to 0."""
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(10_000, ge=1)

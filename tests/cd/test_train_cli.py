@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -114,6 +115,20 @@ def test_cli_train_predict_evaluate_end_to_end(tiny_backbone: Path, tmp_path: Pa
 
     assert main(["cd", "train", str(path), "--out", str(run), "--no-progress"]) == 2  # would overwrite
     assert "--resume" in capsys.readouterr().err
+
+    # a run of the older layout (head weights and train_state.pt side by side, no checkpoints/) still predicts
+    # the same masks, and --resume on it is one line
+    step_dir = next((run / "checkpoints").iterdir())
+    (step_dir / "train_state.pt").rename(run / "train_state.pt")
+    for folder in (run / "checkpoints", run / "baselines" / "fc_siam_diff" / "checkpoints"):
+        shutil.rmtree(folder)
+    old = tmp_path / "pred_old"
+    assert main(["cd", "predict", str(run), "--pairs", str(pairs), "--list", "all", "--out", str(old),
+                 "--no-progress"]) == 0
+    assert (old / "p3.png").read_bytes() == (out / "p3.png").read_bytes()
+    assert main(["cd", "train", str(path), "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "trained by an earlier diffsat" in err and err.count("\n") == 1
 
 
 def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,10 +133,11 @@ def test_random_blur_and_outlier_exposure_loss() -> None:
     assert loss.item() == pytest.approx(math.log(10) * 1.5)  # CE log 10 + 0.5 * CE-to-uniform log 10
 
 
-TRAIN_DIGITS, EPOCHS, MIN_ACCURACY = 2000, 2, 0.85
-"""The quick training check: 2,000 real training digits, 2 epochs (32 steps) reach 0.940 to 0.949 test accuracy
-(seeds 0 to 3), while a broken training (no optimiser step, shuffled labels, labels off by one) stays at 0.02 to
-0.11. The full recipe's >= 99 % is ``benchmarks/classifier_accuracy.py``, run by hand."""
+TRAIN_DIGITS, TEST_DIGITS, EPOCHS, MIN_ACCURACY = 2000, 2000, 2, 0.85
+"""The quick training check: 2 epochs (32 steps) on the first 2,000 real training digits reach 0.909 to 0.928
+accuracy on the first 2,000 test digits (seeds 0 to 3), while a broken training (no optimiser step, shuffled
+labels, labels off by one) stays at 0.004 to 0.146. The full recipe's >= 99 % on all 10,000 test digits is
+``benchmarks/classifier_accuracy.py``, run by hand."""
 
 
 def test_short_training_on_real_mnist_learns_and_saves_usable_weights(shared_data: Path, tmp_path: Path) -> None:
@@ -147,7 +148,7 @@ def test_short_training_on_real_mnist_learns_and_saves_usable_weights(shared_dat
         pytest.skip("../shared/data/mnist not found")
     rng_state, threads, start = torch.random.get_rng_state(), torch.get_num_threads(), time.perf_counter()
     model, accuracy = train_classifier(root, tmp_path / "cnn.safetensors", epochs=EPOCHS, seed=0,
-                                       train_limit=TRAIN_DIGITS, progress=False)
+                                       train_limit=TRAIN_DIGITS, test_limit=TEST_DIGITS, progress=False)
     assert torch.equal(torch.random.get_rng_state(), rng_state) and torch.get_num_threads() == threads
     print(f"\nclassifier: test accuracy {accuracy:.4f} after {TRAIN_DIGITS} digits x {EPOCHS} epochs in "
           f"{time.perf_counter() - start:.1f} s")
@@ -157,19 +158,21 @@ def test_short_training_on_real_mnist_learns_and_saves_usable_weights(shared_dat
     sums = dict(line.split()[::-1] for line in (root / "SHA256SUMS.gz.txt").read_text().splitlines() if line.strip())
     assert meta["train_images_sha256"] == sums["train-images-idx3-ubyte.gz"]
     assert float(meta["test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
-    assert meta["train_images"] == str(TRAIN_DIGITS) and meta["epochs"] == str(EPOCHS) and meta["seed"] == "0"
-    with pytest.raises(ValueError, match="train_limit"):
-        train_classifier(root, tmp_path / "none.safetensors", train_limit=0)
+    assert (meta["train_images"], meta["test_images"]) == (str(TRAIN_DIGITS), str(TEST_DIGITS))
+    assert (meta["epochs"], meta["seed"], meta["bf16"]) == (str(EPOCHS), "0", "False")
+    for limit in ("train_limit", "test_limit"):
+        with pytest.raises(ValueError, match=limit):
+            train_classifier(root, tmp_path / "none.safetensors", **{limit: 0})
 
     loaded = load_classifier(tmp_path / "cnn.safetensors", mnist_root=root)
     images, labels = load_mnist_idx(root, "test")
-    x = torch.from_numpy(images[:1000]).float().div(127.5).sub(1.0)[:, None]
+    x = torch.from_numpy(images[:500]).float().div(127.5).sub(1.0)[:, None]
     probs = loaded.predict_proba(x)
     torch.testing.assert_close(probs, model.predict_proba(x))
-    assert loaded.features(x).shape == (1000, 128)
+    assert loaded.features(x).shape == (500, 128)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)  # the 32 px MNIST of the diffusion models
     torch.testing.assert_close(loaded.predict_proba(padded), probs)
     assert digit_metrics(probs)["classes_present"] == 10
-    assert (probs.argmax(dim=1).numpy() == labels[:1000]).mean() >= MIN_ACCURACY - 0.05
+    assert (probs.argmax(dim=1).numpy() == labels[:500]).mean() >= MIN_ACCURACY - 0.05
     noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert digit_metrics(loaded.predict_proba(noise))["recognisable"] < 0.05

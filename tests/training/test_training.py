@@ -170,6 +170,15 @@ def test_a_time_limited_schedule_runs_over_the_budget_spent() -> None:
     assert budget_step(9, cosine, elapsed_s=1e9) == 9.0  # no limit: the step alone
 
 
+def test_wsd_holds_the_rate_then_decays_over_the_last_fraction_of_the_budget() -> None:
+    wsd = tiny(train={"lr": 1.0, "warmup_steps": 10, "max_steps": 100, "lr_schedule": "wsd",
+                      "lr_decay_fraction": 0.2}).train
+    assert [lr_at(s, wsd) for s in (0, 9, 50, 80)] == [0.1, 1.0, 1.0, 1.0]  # warm-up, then stable to 80 %
+    assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0, abs=1e-12)
+    timed = wsd.model_copy(update={"time_limit_minutes": 1.0})
+    assert lr_at(10, timed, elapsed_s=54.0) == pytest.approx(lr_at(90, wsd))  # 90 % of the minute spent
+
+
 def test_batches_cover_each_epoch_once() -> None:
     epoch = torch.cat([batch_indices(10, 5, step, seed=0) for step in (0, 1)])
     assert sorted(epoch.tolist()) == list(range(10))

@@ -104,7 +104,11 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
         if name != "cva":
             method = build_method(name, cfg, run_dir / CD_FEATURES_DIR)
             save_cd_config(cfg, folder / CONFIG_FILE)
-            again = resume and bool(committed_checkpoints(folder))
+            again = resume and has_training(folder)
+            if again and not committed_checkpoints(folder):
+                raise DataError(f"{folder}: trained by an earlier diffsat ({STATE_FILE} beside the weights, no "
+                                "checkpoints/): `diffsat cd predict` reads it as it is; to train on, train into "
+                                "another --out")
             summary = train_head(method, folder, train, val, resume=again, progress=progress)
             training = dataclasses.asdict(summary)
             load_best(method, folder)

@@ -217,6 +217,7 @@ def train_classifier(
     threads: int | None = 1,
     progress: bool = True,
     train_limit: int | None = None,
+    test_limit: int | None = None,
 ) -> tuple[DigitClassifier, float]:
     """Train :class:`DigitClassifier` on the MNIST train split in ``mnist_root`` (idx files) and test it.
 
@@ -225,20 +226,21 @@ def train_classifier(
     float32 on CPUs without AMX, see ``benchmarks/RESULTS.md``); evaluation is always float32. ``threads``:
     torch intra-op threads while training, restored afterwards (None: keep the current setting); the default
     1 keeps these small convolutions from slowing down when the cores are shared with another job.
-    ``train_limit``: train on the first ``train_limit`` training digits only (None: all 60,000), for quick
-    checks of the training loop; such weights are far from the >= 99 % of the full recipe.
+    ``train_limit`` / ``test_limit``: train on the first ``train_limit`` training digits only / test on the
+    first ``test_limit`` test digits only (None: all 60,000 / 10,000), for quick checks of the training loop;
+    such weights are far from the >= 99 % of the full recipe.
     Saves the weights to ``out_path`` (default :func:`default_classifier_path`) as safetensors with metadata
-    ``arch_version``, ``test_accuracy``, ``train_images_sha256``, ``train_images`` (digits trained on),
-    ``epochs``, ``seed``, ``train_seconds``, ``bf16``.
-    Returns ``(model in eval mode, accuracy in [0, 1] on the 10,000 test digits)``.
+    ``arch_version``, ``test_accuracy``, ``train_images_sha256``, ``train_images`` and ``test_images`` (digits
+    trained and tested on), ``epochs``, ``seed``, ``train_seconds``, ``bf16``.
+    Returns ``(model in eval mode, accuracy in [0, 1] on the test digits, all 10,000 by default)``.
     """
-    if train_limit is not None and train_limit < 1:
-        raise ValueError(f"train_limit must be >= 1 (or None for all training digits), got {train_limit}")
+    for name, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if limit is not None and limit < 1:
+            raise ValueError(f"{name} must be >= 1 (or None for all digits of the split), got {limit}")
     root = Path(mnist_root).expanduser()
     images_sha = sha256_file(_train_images_file(root))
     train, (xt, yt) = _load_split(root, "train"), _load_split(root, "test")
-    if train_limit is not None:
-        train = (train[0][:train_limit], train[1][:train_limit])
+    train, xt, yt = (train[0][:train_limit], train[1][:train_limit]), xt[:test_limit], yt[:test_limit]
     start, saved_threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(threads or saved_threads)
     try:
@@ -251,8 +253,8 @@ def train_classifier(
     seconds = time.perf_counter() - start
     model = model.to(memory_format=torch.contiguous_format).eval()
     accuracy = evaluate_accuracy(model, xt, yt)
-    meta = {"train_images": len(train[0]), "epochs": epochs, "seed": seed, "train_seconds": f"{seconds:.1f}",
-            "bf16": use_bf16}
+    meta = {"train_images": len(train[0]), "test_images": len(xt), "epochs": epochs, "seed": seed,
+            "train_seconds": f"{seconds:.1f}", "bf16": use_bf16}
     save_classifier(model, out_path or default_classifier_path(), accuracy, images_sha, meta)
     return model, accuracy
 

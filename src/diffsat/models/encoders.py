@@ -62,7 +62,7 @@ class PixelSpace:
         return images
 
     def decode(self, latents: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-        return latents.float().clamp(-1, 1).cpu()
+        return latents.float().clamp(-1, 1).cpu().contiguous()
 
     def decode_precision(self, precision: Precision, latent_shape: tuple[int, ...], batch: int,
                          device: torch.device, announce: Callable[[str], None] | None) -> bool:

@@ -49,7 +49,8 @@ def budget_step(step: int, tc: TrainConfig, elapsed_s: float = 0.0) -> float:
 
 def lr_at(step: int, tc: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Learning rate of ``step`` (0-based) after ``elapsed_s`` seconds of training: linear warm-up over
-    ``warmup_steps``, then constant or a cosine decay reaching 0 at the end of the budget (``lr_schedule``).
+    ``warmup_steps``, then constant, a cosine decay reaching 0 at the end of the budget, or constant and a
+    cosine decay over the budget's last ``lr_decay_fraction`` (``lr_schedule``: ``wsd``).
     The schedule runs over the fraction of the budget spent (:func:`budget_step`: steps or time, whichever is
     further), so a run that its time limit stops has annealed. It depends on the step and on the training
     time saved with every checkpoint, so a resumed run continues exactly."""
@@ -57,7 +58,8 @@ def lr_at(step: int, tc: TrainConfig, elapsed_s: float = 0.0) -> float:
     warm = min(1.0, (at + 1) / max(1, tc.warmup_steps))
     if tc.lr_schedule == "constant" or at < tc.warmup_steps:
         return tc.lr * warm
-    progress = (at - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)
+    start = tc.warmup_steps if tc.lr_schedule == "cosine" else tc.max_steps * (1.0 - tc.lr_decay_fraction)
+    progress = max(0.0, at - start) / max(1.0, tc.max_steps - start)
     return tc.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
