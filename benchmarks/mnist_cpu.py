@@ -7,7 +7,7 @@
 4. the machine's fp32 and bf16 matmul peaks, measured in the same run, beside the train step's GFLOP/s.
 
     python benchmarks/mnist_cpu.py --mnist ../shared/data/mnist --out runs/bench_mnist_cpu [--set k=v ...] \
-        [--samples ancestral-50 dpm++sde-10 ...]
+        [--samples ancestral-50 dpm++sde-10 ...] [--emulate-fraction 0.667]
 
 Prints a Markdown summary (also written to OUT/summary.md) for benchmarks/RESULTS.md.
 """
@@ -33,6 +33,17 @@ def diffsat(*args: str) -> str:
     return done.stdout
 
 
+def emulation(config: str, fraction: float | None) -> list[str]:
+    """The ``--set`` overrides of ``--emulate-fraction``: the config's run stopped at ``fraction`` of its steps
+    by its time limit, as a step-limited run."""
+    if fraction is None:
+        return []
+    train = json.loads(Path(config).read_text())["train"]
+    steps, warmup = round(fraction * train["max_steps"]), round(fraction * train["warmup_steps"])
+    return [f"train.max_steps={steps}", f"train.warmup_steps={warmup}", "train.time_limit_minutes=null",
+            "train.threads=1"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist", required=True, type=Path)
@@ -44,13 +55,19 @@ def main() -> None:
                         help="sampler and step count of each sample set (default: %(default)s)")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--skip-train", action="store_true", help="reuse the run in --out")
+    parser.add_argument("--emulate-fraction", type=float, default=None, metavar="F",
+                        help="train as the time limit would stop the recipe with train.lr_over=budget on a machine "
+                             "that manages only the fraction F of its steps: F x max_steps steps with F x "
+                             "warmup_steps of warm-up and no time limit, one thread (that schedule runs over the "
+                             "budget's fraction, so this is the same run, deterministic and independent of this "
+                             "machine's speed and load)")
     args = parser.parse_args()
     from diffsat.rundir import read_metrics
     from diffsat.training.throughput import matmul_peak_gflops
 
     run = args.out / "run"
     if not args.skip_train:
-        sets = [f"data.path={args.mnist.resolve()}", *args.overrides]
+        sets = [f"data.path={args.mnist.resolve()}", *emulation(args.config, args.emulate_fraction), *args.overrides]
         start = time.perf_counter()
         print(diffsat("train", args.config, "--out", str(run), *[x for s in sets for x in ("--set", s)]))
         print(f"train command wall time {time.perf_counter() - start:.0f} s")

@@ -125,11 +125,15 @@ class TrainConfig(_Section):
     lr_schedule: Literal["constant", "cosine", "wsd"] = "constant"
     """After the linear warm-up: constant; cosine decay to 0 at the end of the budget; or ``wsd``
     (warm-up, stable, decay): constant, then a cosine decay to 0 over the last ``lr_decay_fraction`` of the
-    budget. Each runs over the fraction of the budget spent: steps of ``max_steps``, or time of
-    ``time_limit_minutes`` when that is further, so a run stopped by its time limit ends annealed on any
-    machine."""
+    budget (see ``lr_over`` for what the budget is)."""
     lr_decay_fraction: float = Field(0.2, gt=0.0, le=1.0)
     """``wsd``: the final fraction of the budget over which the learning rate decays to 0."""
+    lr_over: Literal["steps", "budget"] = "steps"
+    """What the schedule runs over: ``steps`` (``step / max_steps``: a run that its time limit stops ends
+    part-way down the curve, at a higher rate) or ``budget`` (the fraction of the budget spent, steps or
+    ``time_limit_minutes``, whichever is further: a run that its time limit stops ends annealed). ``steps`` by
+    measurement: on ``mnist_cpu`` stopped at two thirds of its steps, annealing within the budget scored far
+    worse (benchmarks/RESULTS.md, issue 25)."""
     weight_decay: float = Field(0.0, ge=0.0)
     warmup_steps: int = Field(100, ge=0)
     max_steps: int = Field(10_000, ge=1)

@@ -125,7 +125,7 @@ def test_resume_without_checkpoint_and_wrong_shape(tmp_path: Path, digits: Image
 
 def test_time_limit_stops_cleanly_with_a_checkpoint_and_annealed(tmp_path: Path, digits: ImageDataset) -> None:
     cfg = tiny(train={"max_steps": 10_000, "time_limit_minutes": 0.02, "save_every": 10_000, "log_every": 1,
-                      "lr_schedule": "cosine"})
+                      "lr_schedule": "cosine", "lr_over": "budget"})
     result = make_trainer(cfg, tmp_path, dataset=digits).run(progress=False)
     assert result.stopped_by == "time_limit" and 0 < result.step < 10_000
     assert rundir.load_train_state(tmp_path)["step"] == result.step
@@ -158,10 +158,12 @@ def test_lr_schedules() -> None:
 
 
 def test_a_time_limited_schedule_runs_over_the_budget_spent() -> None:
-    """With a time limit the schedule follows the fraction of the budget spent, steps or time, whichever is
-    further: a run the limit stops has annealed, and one that reaches max_steps first is unchanged."""
+    """By default the schedule follows the steps; with ``lr_over: budget`` and a time limit it follows the
+    fraction of the budget spent, steps or time, whichever is further: a run the limit stops has annealed, and
+    one that reaches max_steps first is unchanged."""
     cosine = tiny(train={"lr": 1.0, "warmup_steps": 4, "max_steps": 14, "lr_schedule": "cosine"}).train
-    timed = cosine.model_copy(update={"time_limit_minutes": 1.0})
+    assert lr_at(9, cosine.model_copy(update={"time_limit_minutes": 1.0}), elapsed_s=30.0) == lr_at(9, cosine)
+    timed = cosine.model_copy(update={"time_limit_minutes": 1.0, "lr_over": "budget"})
     assert lr_at(9, timed, elapsed_s=0.0) == lr_at(9, cosine)  # time not yet further than the steps
     assert budget_step(2, timed, elapsed_s=30.0) == pytest.approx(7.0)  # half the minute: half of 14 steps
     assert lr_at(2, timed, elapsed_s=30.0) == pytest.approx(lr_at(7, cosine))
@@ -175,7 +177,7 @@ def test_wsd_holds_the_rate_then_decays_over_the_last_fraction_of_the_budget() -
                       "lr_decay_fraction": 0.2}).train
     assert [lr_at(s, wsd) for s in (0, 9, 50, 80)] == [0.1, 1.0, 1.0, 1.0]  # warm-up, then stable to 80 %
     assert lr_at(90, wsd) == pytest.approx(0.5) and lr_at(100, wsd) == pytest.approx(0.0, abs=1e-12)
-    timed = wsd.model_copy(update={"time_limit_minutes": 1.0})
+    timed = wsd.model_copy(update={"time_limit_minutes": 1.0, "lr_over": "budget"})
     assert lr_at(10, timed, elapsed_s=54.0) == pytest.approx(lr_at(90, wsd))  # 90 % of the minute spent
 
 

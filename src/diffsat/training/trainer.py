@@ -40,9 +40,9 @@ FinishHook = Callable[[Path], object]
 
 
 def budget_step(step: int, tc: TrainConfig, elapsed_s: float = 0.0) -> float:
-    """How far through its budget a run is, in steps: ``step``, or where a time limit is set and further
-    spent (``elapsed_s`` of its ``time_limit_minutes``), that fraction of ``max_steps``."""
-    if not tc.time_limit_minutes:
+    """Where the learning-rate schedule of ``step`` is, in steps: ``step``; with ``lr_over: budget`` and a time
+    limit that is further spent (``elapsed_s`` of its ``time_limit_minutes``), that fraction of ``max_steps``."""
+    if tc.lr_over == "steps" or not tc.time_limit_minutes:
         return float(step)
     return max(float(step), elapsed_s / (tc.time_limit_minutes * 60) * tc.max_steps)
 
@@ -51,9 +51,9 @@ def lr_at(step: int, tc: TrainConfig, elapsed_s: float = 0.0) -> float:
     """Learning rate of ``step`` (0-based) after ``elapsed_s`` seconds of training: linear warm-up over
     ``warmup_steps``, then constant, a cosine decay reaching 0 at the end of the budget, or constant and a
     cosine decay over the budget's last ``lr_decay_fraction`` (``lr_schedule``: ``wsd``).
-    The schedule runs over the fraction of the budget spent (:func:`budget_step`: steps or time, whichever is
-    further), so a run that its time limit stops has annealed. It depends on the step and on the training
-    time saved with every checkpoint, so a resumed run continues exactly."""
+    With ``lr_over: budget`` the schedule runs over the fraction of the budget spent (:func:`budget_step`:
+    steps or time, whichever is further), so a run that its time limit stops has annealed. It depends on the
+    step and on the training time saved with every checkpoint, so a resumed run continues exactly."""
     at = budget_step(step, tc, elapsed_s)
     warm = min(1.0, (at + 1) / max(1, tc.warmup_steps))
     if tc.lr_schedule == "constant" or at < tc.warmup_steps:
