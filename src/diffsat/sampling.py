@@ -211,10 +211,11 @@ def generate(
     shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
     announce = print if progress else None
     calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
-    bf16 = resolve_precision(settings.precision, prepare_net(net, replace(settings, compile=False), device),
-                             (calls, *shape), device, channels_last=settings.channels_last, announce=announce)
+    eager = prepare_net(net, replace(settings, compile=False), device)  # what the precision timing runs
+    bf16 = resolve_precision(settings.precision, eager, (calls, *shape), device,
+                             channels_last=settings.channels_last, announce=announce)
     decode_bf16 = decode and encoder.to(device).decode_precision(settings.precision, shape, n, device, announce)
-    net = prepare_net(net, settings, device)
+    net = prepare_net(net, settings, device) if settings.compile else eager
     sampler, options, grid = get_sampler(settings.sampler), settings.sampler_options(), settings.grid(schedule)
     batches = -(-n // settings.batch_size)
     desc = f"sampling {n} image{'s' if n != 1 else ''} ({settings.describe()})"

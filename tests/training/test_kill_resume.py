@@ -24,7 +24,6 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from diffsat import rundir
-from diffsat.rundir import writing  # noqa: F401 - rundir.writing below
 from diffsat.config import parse_config
 from diffsat.data import ImageDataset, load_dataset
 from diffsat.training.runs import make_trainer
@@ -35,8 +34,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a child p
 CONFIG = parse_config(tiny_config(data={"limit": 16}, batch_size=4, max_steps=5, save_every=1, keep_checkpoints=2,
                                   log_every=1, threads=1, ema_decay=0.9))
 WRITES = ("save_file", "save")  # the calls that write a checkpoint file (safetensors, torch.save)
-FILE_OPS = ((rundir.writing, "save_file"), (torch, "save"), (rundir.writing, "fsync_path"), (os, "rename"), (os, "replace"),
-            (os, "link"), (shutil, "rmtree"))
+FILE_OPS = ((rundir.writing, "save_file"), (torch, "save"), (rundir.writing, "fsync_path"), (os, "rename"),
+            (os, "replace"), (os, "link"), (shutil, "rmtree"))
 
 
 def in_child(body: Callable[[], None]) -> int:

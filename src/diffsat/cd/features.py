@@ -147,9 +147,8 @@ class FeatureExtractor:
         self.modules = {name: module for name, module, _, _ in chosen}
         self.scales = [Scale(name, channels, factor) for name, _, channels, factor in chosen]
         self.align = 2 ** (len(net.config.channel_mults) - 1)
-        side = max(self.align, window - window % self.align)
+        side = max(self.align, window - window % self.align)  # features.precision auto: timed at one window
         self.bf16 = resolve_precision(cfg.precision, net, (2, 3, side, side), next(net.parameters()).device)
-        """``features.precision`` as a yes/no for bf16 autocast (``auto``: timed at a ``window`` square pair)."""
 
     def describe(self) -> dict:
         return {"backbone": self.backbone.identity, "levels": list(self.levels),

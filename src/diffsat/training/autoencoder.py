@@ -28,8 +28,7 @@ from ..errors import DiffsatError
 from ..fileio import atomic_write_text
 from ..models.autoencoder import build_autoencoder, build_discriminator, interior
 from ..sample_folder import grid_scale, save_grid
-from ..seeding import batch_indices, step_generator
-from .batches import PixelBatches
+from .batches import PixelBatches, step_batch
 from .task import Nets, TaskContext, TaskDefaults, Terms
 
 LATENT_STATS_TILES = 256
@@ -79,10 +78,7 @@ class AutoencoderTask(TaskDefaults):
 
     def batch(self, step: int) -> tuple[torch.Tensor, bool]:
         """This rank's images of ``step`` ``(B, C, S, S)`` in [-1, 1], and whether the step is adversarial."""
-        tc, dist = self.config.train, self.ctx.dist
-        idx = dist.shard(batch_indices(len(self.dataset), tc.batch_size * dist.world_size, step, tc.seed))
-        x = self.batches(idx.to(self.ctx.device), step_generator(tc.seed, step, 1), (dist.rank, dist.world_size))
-        x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+        x, _ = step_batch(self.batches, len(self.dataset), step, self.config.train, self.ctx.dist)
         adversarial = self.discriminator is not None and step >= self.config.loss.adversarial_start
         return x, adversarial
 

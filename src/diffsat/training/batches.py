@@ -30,13 +30,14 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .. import rundir
-from ..config import Config, DataConfig
+from ..config import Config, DataConfig, TrainConfig
 from ..data import ImageDataset
 from ..data.transforms import Shard, augment, crop, randint_sharded, to_model_range
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..models.encoders import AutoencoderLatents
 from ..precision import Precision, resolve_precision
+from ..seeding import batch_indices, step_generator
 from .distributed import DistContext
 
 
@@ -47,6 +48,16 @@ class BatchSource(Protocol):
     setup_s: float
 
     def __call__(self, idx: torch.Tensor, generator: torch.Generator, shard: Shard) -> torch.Tensor: ...
+
+
+def step_batch(source: BatchSource, n: int, step: int, tc: TrainConfig, dist: DistContext
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of step ``step``'s global batch of ``n`` items from ``source``, on the device
+    (channels-last when ``tc.channels_last``), and the global batch's indices ``(B x world size,)`` int64."""
+    global_idx = batch_indices(n, tc.batch_size * dist.world_size, step, tc.seed)
+    idx = dist.shard(global_idx).to(dist.device)
+    x = source(idx, step_generator(tc.seed, step, 1), (dist.rank, dist.world_size))
+    return (x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x), global_idx
 
 
 ENCODE_BATCH = 32

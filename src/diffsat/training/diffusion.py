@@ -27,8 +27,8 @@ from ..models.encoders import PIXELS, AutoencoderLatents, Encoder
 from ..models.unet import build_unet
 from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
-from ..seeding import batch_indices, step_generator
-from .batches import BatchSource, PixelBatches, latent_batches
+from ..seeding import step_generator
+from .batches import BatchSource, PixelBatches, latent_batches, step_batch
 from .task import Nets, TaskContext, TaskDefaults, Terms
 
 GRID_SEED = 1234
@@ -77,7 +77,6 @@ class DiffusionTask(TaskDefaults):
             build_unet(config.model)
         self.encoder: Encoder = PIXELS
         self.evaluator: TrainingEvaluator | None = None
-        self._evaluator_made = False
 
     @property
     def num_classes(self) -> int | None:
@@ -92,6 +91,8 @@ class DiffusionTask(TaskDefaults):
         self.labels = training_labels(self.dataset, self.num_classes, self.config.data)
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
         self.loss_fn = DiffusionLoss.from_config(self.config.diffusion, self.schedule)
+        if self.config.train.eval_every and ctx.dist.is_main:  # rank 0 alone evaluates
+            self.evaluator = make_training_evaluator(self.config, self.dataset)
 
     def _batch_source(self) -> BatchSource:
         """The held tiles (augmented), or for a latent run their cached latents."""
@@ -114,10 +115,7 @@ class DiffusionTask(TaskDefaults):
     def batch(self, step: int) -> DiffusionBatch:
         """This rank's share of the step's global batch, on the device."""
         tc, dist = self.config.train, self.ctx.dist
-        global_idx = batch_indices(len(self.dataset), tc.batch_size * dist.world_size, step, tc.seed)
-        idx = dist.shard(global_idx)
-        x = self.batches(idx.to(self.ctx.device), step_generator(tc.seed, step, 1), (dist.rank, dist.world_size))
-        x = x.contiguous(memory_format=torch.channels_last) if tc.channels_last else x
+        x, global_idx = step_batch(self.batches, len(self.dataset), step, tc, dist)
         if self.labels is None:
             return DiffusionBatch(x, None)
         dropped = torch.rand(len(global_idx), generator=step_generator(tc.seed, step, 2)) < tc.label_dropout
@@ -145,8 +143,6 @@ class DiffusionTask(TaskDefaults):
 
     def evaluate(self, nets: Nets) -> dict[str, float]:
         """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``)."""
-        if not self._evaluator_made:
-            self.evaluator, self._evaluator_made = make_training_evaluator(self.config, self.dataset), True
         if self.evaluator is None:
             return {}
         return self.evaluator(self.samples(nets.ema, self.config.train.eval_samples, nets.bf16))
