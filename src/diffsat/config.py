@@ -65,6 +65,32 @@ class DiffusionConfig(_Section):
     lognormal_std: float = Field(1.2, gt=0.0)
 
 
+class NormalisationConfig(_Section):
+    """How raster values become the model range [-1, 1], per band (:mod:`diffsat.geo.normalise`); the map is
+    computed once from the training data, stored in the run (``normalisation.json``) and applied again at
+    prediction."""
+
+    method: Literal["auto", "percentile", "meanstd", "fixed"] = "auto"
+    """``auto``: 8-bit inputs ``v / 127.5 - 1``, others ``percentile``; ``percentile``: the ``percentiles``
+    of each band's training pixels to -1 and 1 (robust to clouds and saturated pixels); ``meanstd``: mean
+    -/+ ``std_range`` standard deviations to -1 and 1; ``fixed``: ``(v - offset) * scale``."""
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    std_range: float = Field(3.0, gt=0.0)
+    scale: float | tuple[float, ...] | None = None
+    """``fixed``: one factor, or one per band (Sentinel-2 L1C reflectance to [-1, 1]: ``scale 0.0002``,
+    ``offset 5000``)."""
+    offset: float | tuple[float, ...] = 0.0
+
+    @model_validator(mode="after")
+    def _fixed(self) -> "NormalisationConfig":
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError("normalisation.percentiles must be two increasing values in [0, 100]")
+        if (self.method == "fixed") != (self.scale is not None):
+            raise ValueError("normalisation.scale is given with method 'fixed' and only then")
+        return self
+
+
 class DataConfig(_Section):
     """Where images come from, how they are held in memory, and how each batch is cropped and augmented.
 

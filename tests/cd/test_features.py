@@ -11,7 +11,7 @@ from diffsat.cd.features import (
     FeatureExtractor,
     decoder_module,
     first_decoder_scales,
-    image_noise,
+    position_noise,
     load_backbone,
     resolve_levels,
 )
@@ -32,9 +32,9 @@ def _extractor(backbone: Path, **kw: object) -> FeatureExtractor:
 def test_features_are_deterministic_per_seed_and_shaped_per_scale(tiny_backbone: Path) -> None:
     ex = _extractor(tiny_backbone, encoder_scales=(2,))
     img_a, img_b = torch.rand(3, 16, 16) * 2 - 1, torch.rand(3, 16, 16) * 2 - 1
-    first = ex(img_a, img_b, image_noise(16, 16, 0))
-    again = ex(img_a, img_b, image_noise(16, 16, 0))
-    other = ex(img_a, img_b, image_noise(16, 16, 1))
+    first = ex(img_a, img_b, position_noise(3, 0, 0, 16, 16, 0))
+    again = ex(img_a, img_b, position_noise(3, 0, 0, 16, 16, 0))
+    other = ex(img_a, img_b, position_noise(3, 0, 0, 16, 16, 1))
     assert [s.name for s in ex.scales] == ["e2", "d3", "d1"]  # coarse to fine (encoder 2 = downsampling, 8 px)
     assert first["A.d1"].shape == (2 * 8, 16, 16) and first["A.d3"].shape == (2 * 16, 8, 8)
     assert first["B.e2"].shape == (2 * 8, 8, 8)
@@ -46,7 +46,7 @@ def test_features_are_deterministic_per_seed_and_shaped_per_scale(tiny_backbone:
 def test_feature_cache_round_trip(tiny_backbone: Path, tmp_path: Path) -> None:
     ex = _extractor(tiny_backbone)
     cache = FeatureCache(ex, tmp_path)
-    a, b, noise = torch.rand(3, 16, 16), torch.rand(3, 16, 16), image_noise(16, 16, 0)
+    a, b, noise = torch.rand(3, 16, 16), torch.rand(3, 16, 16), position_noise(3, 0, 0, 16, 16, 0)
     computed = cache.features(a, b, noise)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
     read = cache.features(a, b, noise)
@@ -116,7 +116,7 @@ def test_precision_is_part_of_the_cache_key_and_bf16_stays_close(tiny_backbone: 
     assert FeatureCache(fp32, None)._settings != FeatureCache(bf16, None)._settings
     torch.manual_seed(0)
     before, after = torch.rand(3, 32, 32) * 2 - 1, torch.rand(3, 32, 32) * 2 - 1
-    noise = image_noise(32, 32, 0)
+    noise = position_noise(3, 0, 0, 32, 32, 0)
     a, b = fp32(before, after, noise), bf16(before, after, noise)
     for key in a:
         assert not torch.equal(a[key], b[key])

@@ -7,6 +7,7 @@ import torch
 from diffsat.cd.config import CDDataConfig, PairSource
 from diffsat.cd.pairs import Crop, apply_crop, draw_crop, load_pairs
 from diffsat.data.dataset import DataError
+from diffsat.geo.normalise import uint8_normalisation
 
 from cd_fixtures import make_pairs, write_png
 
@@ -18,9 +19,12 @@ def test_levir_and_open_cd_layouts_with_both_label_scales(tmp_path: Path) -> Non
     opencd = load_pairs([PairSource(root=str(tmp_path / "opencd"), list="val")]).pairs
     assert [p.name for p in levir] == ["p0.png", "p1.png", "p2.png"] and len(opencd) == 2
     for p in levir + opencd:
-        assert p.before.shape == (3, 32, 32) and p.label.dtype == np.uint8
+        assert p.before.pixels.shape == (3, 32, 32) and p.label.dtype == np.uint8 and p.grid is None
         assert set(np.unique(p.label)) == {0, 1}
-        assert ((p.after != p.before).any(axis=0) == p.label.astype(bool)).all()
+        assert ((p.after.pixels != p.before.pixels).any(axis=0) == p.label.astype(bool)).all()
+        loaded = p.load(uint8_normalisation(p.names))
+        assert loaded.before.dtype == np.float32 and loaded.valid is None
+        assert np.allclose(loaded.before, p.before.pixels / np.float32(127.5) - 1, atol=1e-6)
 
 
 def test_rgb_label_and_names_subset(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from ..config import ConfigError, _format_error, _Section, apply_overrides, read_json
+from ..config import ConfigError, NormalisationConfig, _format_error, _Section, apply_overrides, read_json
 from ..fileio import atomic_write_text
 from ..precision import Precision
 from ..rundir import CONFIG_FILE, run_file
@@ -29,15 +29,16 @@ METHODS = ("ddpmcd", "fc_siam_diff", "cva")
 
 
 class PairSource(_Section):
-    """Pairs from one folder: LEVIR-CD layout (``root/A``, ``root/B``, ``root/label``, ``root/list/*.txt``)
-    or open-cd layout (``root/<list>/A``, ``.../B``, ``.../label``)."""
+    """Pairs from one folder: LEVIR-CD layout (``root/A``, ``root/B``, ``root/label``, ``root/list/*.txt``),
+    open-cd layout (``root/<list>/A``, ``.../B``, ``.../label``) or OSCD (the folder holding
+    ``Onera Satellite Change Detection dataset - Images``). A/ and B/ may hold rasters (GeoTIFF and co)."""
 
     root: str
     list: str | None = None
-    """LEVIR-CD: the names in ``root/list/<list>.txt``; open-cd: the sub-folder ``root/<list>/``; ``None``:
-    every image in ``root/A``."""
+    """LEVIR-CD: the names in ``root/list/<list>.txt``; open-cd: the sub-folder ``root/<list>/``; OSCD: the
+    cities of ``train.txt`` or ``test.txt``; ``None``: every image in ``root/A`` (every OSCD city)."""
     names: tuple[str, ...] | None = None
-    """Only these file names (in this order), taken from the list or folder."""
+    """Only these file names (OSCD: cities), in this order, taken from the list or folder."""
 
 
 class CDDataConfig(_Section):
@@ -55,6 +56,10 @@ class CDDataConfig(_Section):
     margin: int = Field(32, ge=0)
     """Prediction: each window's outer ``margin`` pixels are dropped (except at the image border) so
     windows overlap by ``2 * margin`` and every pixel is predicted with context around it."""
+    bands: tuple[str | int, ...] | None = None
+    """Raster pairs: the bands to use, by name (``B04``, a band description) or 1-based position; ``None``:
+    every band (8-bit images: RGB)."""
+    normalisation: NormalisationConfig = NormalisationConfig()
 
     @model_validator(mode="after")
     def _windows(self) -> "CDDataConfig":

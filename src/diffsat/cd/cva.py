@@ -1,4 +1,4 @@
-"""Change vector analysis: the per-pixel colour-difference magnitude, thresholded by Otsu's method."""
+"""Change vector analysis: the per-pixel magnitude of the band differences, thresholded by Otsu's method."""
 
 from __future__ import annotations
 
@@ -14,9 +14,15 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     if hi == lo:
         return hi
     counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return otsu_from_histogram(counts, edges)
+
+
+def otsu_from_histogram(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Otsu's threshold from a histogram (``counts`` ``(K,)``, ``edges`` ``(K + 1,)``, K >= 2): so a scene
+    read window by window is thresholded as a whole."""
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(counts)[:-1].astype(np.float64)
-    w1 = v.size - w0
+    w1 = float(counts.sum()) - w0
     s0 = np.cumsum(counts * centres)[:-1]
     m0 = s0 / np.maximum(w0, 1)
     m1 = (float((counts * centres).sum()) - s0) / np.maximum(w1, 1)
@@ -25,8 +31,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def change_magnitude(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """``||after - before||`` over the colour channels: uint8 ``(C, H, W)`` each -> float64 ``(H, W)``,
-    in [0, 255 * sqrt(C)]."""
+    """``||after - before||`` over the bands: ``(C, H, W)`` each (any numeric dtype) -> float64 ``(H, W)``."""
     diff = after.astype(np.float64) - before.astype(np.float64)
     return np.sqrt((diff**2).sum(axis=0))
 

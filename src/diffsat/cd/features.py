@@ -7,8 +7,9 @@ hooks; the backbone is not changed). Scales use DDPM-CD's ``feat_scales`` indexi
 3 per decoder level) decoder scales ``[2, 5, 8, 11, 14]`` are the first block after each upsampling, at
 256, 128, 64, 32 and 16 px of a 256 px input with 128, 256, 512, 1024 and 1024 channels.
 
-The noise is drawn from a generator seeded by ``features.seed`` at the image's (padded) size, and the same
-noise serves A and B, so features, and so predictions, are deterministic (DDPM-CD redraws it on every pass).
+The noise is a function of the pixel position and ``features.seed`` (:func:`position_noise`), and the same
+noise serves A and B, so features, and so predictions, are deterministic (DDPM-CD redraws it on every pass)
+and a window of a scene sees the noise the whole scene would.
 Features of one pair are cached as one safetensors file keyed by the SHA-256 of the backbone's weights, the
 feature settings, the two images and the noise, so head training costs head compute only.
 """
@@ -128,7 +129,7 @@ def first_decoder_scales(net: SR3UNet) -> list[int]:
 class FeatureExtractor:
     """``extractor(before, after, noise) -> {"A.<scale>": (levels * C, H/f, W/f), "B.<scale>": ...}``.
 
-    ``before`` / ``after``: ``(3, H, W)`` float32 in [-1, 1]; ``noise``: ``(3, H, W)``; H and W multiples of
+    ``before`` / ``after``: ``(C, H, W)`` float32 in [-1, 1]; ``noise``: ``(C, H, W)``; H and W multiples of
     :attr:`align`. ``scales`` are ordered coarse to fine (the head's order).
     """
 
@@ -180,9 +181,25 @@ class FeatureExtractor:
         return out
 
 
-def image_noise(height: int, width: int, seed: int) -> torch.Tensor:
-    """The feature noise of an image (or padded image) of this size: ``(3, H, W)`` standard normal."""
-    return torch.randn((3, height, width), generator=torch.Generator().manual_seed(seed))
+NOISE_BLOCK = 64
+"""Side of the blocks the feature noise is drawn in, each from its own seed (see :func:`position_noise`)."""
+
+
+def position_noise(channels: int, y: int, x: int, height: int, width: int, seed: int) -> torch.Tensor:
+    """The feature noise of the ``height x width`` window at pixel ``(y, x)`` of an image: ``(channels, h, w)``
+    standard normal. It depends on the pixels' positions only (blocks of :data:`NOISE_BLOCK` pixels, each
+    drawn from a generator seeded by ``seed`` and the block's row and column), so a window of a scene gets
+    exactly the noise the whole scene would, and memory stays that of the window."""
+    b = NOISE_BLOCK
+    rows, cols = range(y // b, (y + height - 1) // b + 1), range(x // b, (x + width - 1) // b + 1)
+    out = torch.empty((channels, len(rows) * b, len(cols) * b))
+    for i, by in enumerate(rows):
+        for j, bx in enumerate(cols):
+            key = hashlib.blake2b(f"{seed},{by},{bx}".encode(), digest_size=8).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(key, "little") & (2**63 - 1))
+            out[:, i * b : (i + 1) * b, j * b : (j + 1) * b] = torch.randn((channels, b, b), generator=gen)
+    top, left = y - rows[0] * b, x - cols[0] * b
+    return out[:, top : top + height, left : left + width].contiguous()
 
 
 class FeatureCache:

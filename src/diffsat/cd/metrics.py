@@ -57,7 +57,10 @@ class Accumulator:
         self.per_image: dict[str, float] = {}
 
     def add(self, name: str, prediction: np.ndarray, truth: np.ndarray) -> None:
-        cm = confusion(prediction, truth)
+        self.add_counts(name, confusion(prediction, truth))
+
+    def add_counts(self, name: str, cm: np.ndarray) -> None:
+        """One image's ``(2, 2)`` confusion matrix."""
         self.cm += cm
         self.per_image[name] = class_scores(cm, 1)[2]
 

@@ -1,4 +1,4 @@
-"""Change-detection pairs: before (A), after (B) and change label, read from LEVIR-CD or open-cd folders.
+"""Change-detection pairs: before (A), after (B) and change label, from LEVIR-CD, open-cd or OSCD folders.
 
 Layouts::
 
@@ -8,11 +8,17 @@ Layouts::
     root/label/<name>.png  change mask              root/<split>/label/<name>.png
     root/list/<split>.txt  one name per line
 
-Pairs may have any size (A, B and label of one pair alike). Images are read as RGB (alpha dropped with a
-warning, grey expanded); labels as one channel with values 0/255 or 0/1 (grey, or RGB with equal channels,
-as DDPM-CD reads them) and held as 0/1. An unreadable file skips its pair with a warning and is counted;
-every other defect (an A without its B or label, sizes that differ, a label of more than two values, an
-empty selection) is a :class:`~diffsat.data.dataset.DataError` naming the file.
+    OSCD (:mod:`diffsat.geo.oscd`): root/Onera Satellite Change Detection dataset - Images/<city>/imgs_1, ...
+
+A pair on disk is a :class:`PairInput`: 8-bit images (PNG, JPEG) decoded as RGB (alpha dropped with a
+warning, grey expanded); rasters (GeoTIFF and any file GDAL reads, in A/ and B/ or OSCD's band folders)
+opened with rasterio, their chosen bands stacked and both dates put on one grid (:mod:`diffsat.geo`), read
+window by window. Labels are one channel of 0/255 or 0/1 (grey, or RGB with equal channels, as DDPM-CD reads
+them), held as 0/1. :meth:`PairInput.load` brings a pair into memory as a :class:`Pair`, normalised to
+[-1, 1] by the run's band normalisation, with nodata pixels marked :data:`IGNORE` in its label. An
+unreadable 8-bit file skips its pair with a warning and is counted; every other defect (an A without its B
+or label, sizes that differ, a label of more than two values, an empty selection, a raster GDAL cannot
+read) is one error line naming the file.
 
 Training crops (:func:`draw_crop`, :func:`apply_crop`) cut the same window out of every aligned array of a
 pair (images, label, feature maps at 1/f of the resolution) and give all of them the same flips and
@@ -21,49 +27,171 @@ quarter turn.
 
 from __future__ import annotations
 
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from rasterio.transform import Affine
+from rasterio.windows import Window
 
 from ..data.dataset import DataError
 from ..data.folder import IMAGE_SUFFIXES
 from ..data.levir import read_list
 from ..data.tiles import DECODE_ERRORS, WARN_EACH, has_alpha, to_mode
+from ..errors import DiffsatError
+from ..geo.align import align_pair
+from ..geo.normalise import BandNormalisation
+from ..geo.oscd import is_oscd, oscd_cities, oscd_city, read_oscd_label
+from ..geo.raster import RASTER_SUFFIXES, BandStack, Grid, open_raster, stack_from_path
 from .config import CDDataConfig, PairSource
 
 
+IGNORE = 255
+"""Label value of pixels left out of losses and metrics (nodata in either date)."""
+UNNAMED = re.compile(r"^(band\d+|red|green|blue)$", re.IGNORECASE)
+"""Band names that carry no meaning (8-bit images, raster bands without a description)."""
+
+
+class DecodedImage:
+    """An 8-bit image file decoded in memory (PNG, JPEG): ``pixels`` uint8 ``(3, H, W)``, read like a
+    :class:`~diffsat.geo.raster.BandStack` (bands ``red``, ``green``, ``blue``; no georeferencing)."""
+
+    names = ("red", "green", "blue")
+    dtypes = ("uint8",) * 3
+
+    def __init__(self, pixels: np.ndarray, source: str) -> None:
+        self.pixels, self.source = pixels, source
+        h, w = pixels.shape[1:]
+        self.grid = Grid(None, Affine.identity(), w, h)
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @contextmanager
+    def reader(self) -> Iterator["DecodedImage"]:
+        yield self
+
+    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`diffsat.geo.raster.StackReader.read` (a decimated ``out_shape`` read by striding)."""
+        h, w = self.grid.shape
+        r0, c0, rh, cw = (0, 0, h, w) if window is None else \
+            (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+        part = self.pixels[:, r0 : r0 + rh, c0 : c0 + cw]
+        if out_shape is not None:
+            part = part[:, :: max(1, rh // out_shape[0]), :: max(1, cw // out_shape[1])]
+        return part.astype(np.float32), np.ones(part.shape[1:], dtype=bool)
+
+
+ImageSource = DecodedImage | BandStack
+
+
 @dataclass
-class Pair:
-    """One pair: ``before`` / ``after`` uint8 ``(3, H, W)`` in [0, 255]; ``label`` uint8 ``(H, W)`` in {0, 1}
-    or ``None`` (prediction input); ``name`` the file name (shared by A, B and label); ``root`` its folder."""
+class PairInput:
+    """One pair as it lies on disk: both dates on one grid (``grid``: None when not georeferenced), the
+    change label ``label`` uint8 ``(H, W)`` in {0, 1} or None (prediction input), ``name`` and ``root``."""
 
     name: str
-    before: np.ndarray
-    after: np.ndarray
+    before: ImageSource
+    after: ImageSource
     label: np.ndarray | None
     root: Path
 
     @property
     def size(self) -> tuple[int, int]:
         """``(H, W)``."""
+        return self.before.grid.shape
+
+    @property
+    def grid(self) -> Grid | None:
+        return self.before.grid if self.before.grid.crs is not None else None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.before.names
+
+    @property
+    def eight_bit(self) -> bool:
+        return all(d == "uint8" for d in self.before.dtypes + self.after.dtypes)
+
+    @contextmanager
+    def windows(self, norm: BandNormalisation) -> Iterator["WindowReader"]:
+        """Read normalised windows of both dates (files opened once)."""
+        with self.before.reader() as a, self.after.reader() as b:
+            yield WindowReader(self, a, b, norm)
+
+    def load(self, norm: BandNormalisation) -> "Pair":
+        """The whole pair in memory, normalised; label pixels where either date is nodata become IGNORE."""
+        with self.windows(norm) as r:
+            before, after, valid = r.window(0, 0, *self.size)
+        label = None if self.label is None else np.where(valid, self.label, IGNORE).astype(np.uint8)
+        return Pair(self.name, before, after, label, self.root, None if valid.all() else valid)
+
+
+class WindowReader:
+    """``window(y, x, h, w) -> (before, after, valid)``: float32 ``(C, h, w)`` in [-1, 1] and bool ``(h, w)``."""
+
+    def __init__(self, pair: PairInput, before: Any, after: Any, norm: BandNormalisation) -> None:
+        self.pair, self._a, self._b, self.norm = pair, before, after, norm
+
+    def window(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        win = Window(x, y, w, h)
+        (a, va), (b, vb) = self._a.read(win), self._b.read(win)
+        valid = va & vb
+        return self.norm.apply(a, valid), self.norm.apply(b, valid), valid
+
+
+@dataclass
+class Pair:
+    """One pair in memory: ``before`` / ``after`` float32 ``(C, H, W)`` in [-1, 1]; ``label`` uint8 ``(H, W)``
+    in {0, 1} (:data:`IGNORE` where a date is nodata) or ``None``; ``valid`` bool ``(H, W)`` or None (all
+    valid); ``name`` the file name (or city); ``root`` its folder."""
+
+    name: str
+    before: np.ndarray
+    after: np.ndarray
+    label: np.ndarray | None
+    root: Path
+    valid: np.ndarray | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)``."""
         return int(self.before.shape[1]), int(self.before.shape[2])
+
+    def window(self, y: int, x: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As :meth:`WindowReader.window`."""
+        cut = (slice(None), slice(y, y + h), slice(x, x + w))
+        valid = np.ones((h, w), dtype=bool) if self.valid is None else self.valid[cut[1:]]
+        return self.before[cut], self.after[cut], valid
 
 
 @dataclass
 class PairSet:
     """The readable pairs of a selection, and the files that could not be read (their pairs skipped)."""
 
-    pairs: list[Pair]
+    pairs: list[PairInput]
     unreadable: list[Path] = field(default_factory=list)
 
     def describe(self) -> str:
         roots = sorted({str(p.root) for p in self.pairs})
         bad = f", {len(self.unreadable)} unreadable file(s) skipped" if self.unreadable else ""
         return f"{len(self.pairs)} pairs from {', '.join(roots)}{bad}"
+
+
+def check_bands(norm: BandNormalisation, pair: PairInput) -> None:
+    """One line naming the pair unless its bands are the run's (names compared where both carry meaning)."""
+    named = not any(UNNAMED.match(n) for n in pair.names + norm.names)
+    if pair.before.channels != norm.channels or (named and pair.names != norm.names):
+        norm.check_bands(pair.names, f"{pair.root / pair.name}")
 
 
 # ---------------------------------------------------------------------------------------- locating files
@@ -131,6 +259,10 @@ def label_values(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
+    """A change mask file (PNG / JPEG, or a raster) as uint8 ``(H, W)`` in {0, 1}."""
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        with open_raster(path) as ds:
+            return label_values(ds.read(1), path)
     with Image.open(path) as img:
         img.load()
         array = np.asarray(img.convert("L") if img.mode in ("P", "I;16", "I", "F") else img)
@@ -150,32 +282,64 @@ def _files(base: Path, name: str, need_label: bool) -> tuple[Path, Path, Path | 
     return a, b, lab
 
 
-def read_pair(base: Path, name: str, need_label: bool) -> Pair:
-    """Read one pair (sizes checked); raises DECODE_ERRORS for an unreadable file, DataError for a bad one."""
+def _label_on(path: Path | None, size: tuple[int, int], what: str) -> np.ndarray | None:
+    label = read_label(path) if path is not None else None
+    if label is not None and label.shape != size:
+        raise DataError(f"{path}: {label.shape[1]}x{label.shape[0]} but {what} is {size[1]}x{size[0]}; the "
+                        "label must have the images' size (and grid)")
+    return label
+
+
+def read_pair(base: Path, name: str, need_label: bool, bands: tuple[str | int, ...] | None = None) -> PairInput:
+    """One pair of a LEVIR-CD / open-cd folder: 8-bit images decoded with PIL (RGB), rasters (``.tif`` and
+    co) opened with rasterio (the chosen ``bands``) and put on one grid. Raises DECODE_ERRORS for an
+    unreadable 8-bit file, DataError / RasterError for a bad one."""
     a_path, b_path, label_path = _files(base, name, need_label)
+    if a_path.suffix.lower() in RASTER_SUFFIXES:
+        before, after = align_pair(stack_from_path(a_path, bands), stack_from_path(b_path, bands))
+        label = _label_on(label_path, before.grid.shape, f"the pair's common grid ({a_path}, {b_path})")
+        return PairInput(name, before, after, label, base)
+    if bands is not None and tuple(bands) != DecodedImage.names:
+        raise DataError(f"{a_path}: an 8-bit RGB image, but data.bands asks for {list(bands)}; unset data.bands "
+                        "for PNG / JPEG pairs")
     before, after = read_rgb(a_path), read_rgb(b_path)
     if before.shape != after.shape:
         raise DataError(f"{b_path}: {after.shape[2]}x{after.shape[1]} but its A is "
                         f"{before.shape[2]}x{before.shape[1]}; A and B of a pair must have one size")
-    label = read_label(label_path) if label_path is not None else None
-    if label is not None and label.shape != before.shape[1:]:
-        raise DataError(f"{label_path}: {label.shape[1]}x{label.shape[0]} but its A is "
-                        f"{before.shape[2]}x{before.shape[1]}; the label must have the images' size")
-    return Pair(name, before, after, label, base)
+    label = _label_on(label_path, before.shape[1:], f"its A {a_path.name}")
+    return PairInput(name, DecodedImage(before, str(a_path)), DecodedImage(after, str(b_path)), label, base)
+
+
+def oscd_pairs(source: PairSource, bands: tuple[str | int, ...] | None, need_labels: bool) -> list[PairInput]:
+    """The cities of an OSCD source (``list``: ``train`` / ``test`` city list; ``names``: these cities)."""
+    cities = list(source.names) if source.names is not None else oscd_cities(source.root, source.list)
+    out = []
+    for name in cities:
+        city = oscd_city(source.root, name, bands)
+        if city.label is None and need_labels:
+            raise DataError(f"{Path(source.root) / name}: an OSCD city without a change map (only the train.txt "
+                            "cities have labels); use it for pretraining or prediction, not for training or scoring")
+        label = read_oscd_label(city.label, city.before.grid.shape) if city.label is not None else None
+        out.append(PairInput(name, city.before, city.after, label, Path(source.root)))
+    return out
 
 
 def load_pairs(sources: tuple[PairSource, ...] | list[PairSource], need_labels: bool = True,
-               what: str = "pairs") -> PairSet:
-    """Every selected pair of ``sources`` in order; unreadable files are warned about, skipped and counted."""
+               what: str = "pairs", bands: tuple[str | int, ...] | None = None) -> PairSet:
+    """Every selected pair of ``sources`` in order; unreadable 8-bit files are warned about, skipped and
+    counted (a raster that cannot be read is an error naming it)."""
     if not sources:
         raise DataError(f"no {what}: the split lists no pair source; add one to the config's data section")
     pairs, unreadable = [], []
     for source in sources:
+        if is_oscd(source.root):
+            pairs += oscd_pairs(source, bands, need_labels)
+            continue
         base, names = pair_folder(source)
         for name in names:
             try:
-                pairs.append(read_pair(base, name, need_labels))
-            except DataError:  # a ValueError, as some decode errors are: not an unreadable file
+                pairs.append(read_pair(base, name, need_labels, bands))
+            except DiffsatError:  # a ValueError, as some decode errors are: not an unreadable file
                 raise
             except DECODE_ERRORS as err:
                 path = base / "A" / name

@@ -6,6 +6,7 @@ A run directory (``diffsat cd train CONFIG --out RUN``)::
     RUN/config.json, checkpoints/, model.safetensors, best.safetensors, metrics.csv, loss.png  (the method)
     RUN/features/<sha256>.safetensors     cached backbone features (ddpmcd)
     RUN/baselines/<name>/...              each baseline of head.compare, trained the same way
+    RUN/normalisation.json                the band normalisation made from the training pairs
     RUN/test/ and RUN/baselines/<name>/test/   test-split masks, figures/ (before | after | truth | prediction)
     RUN/test_metrics.json                 every method's test scores (one confusion matrix), per-pair F1
     RUN/report.html
@@ -16,8 +17,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -35,11 +38,16 @@ from ..rundir import (
     STATE_FILE,
     committed_checkpoints,
 )
-from .config import CDConfig, PairSource, load_cd_config, save_cd_config
-from .methods import Method, build_method, predict_pair
+from ..data.bands import load_normalisation, make_normalisation, save_normalisation
+from ..geo.normalise import BandNormalisation
+from ..geo.render import render_rgb, rgb_indices
+from ..geo.write import write_polygons
+from .config import CDConfig, CDDataConfig, PairSource, load_cd_config, save_cd_config
+from .methods import Method, build_method
 from .metrics import Accumulator
-from .outputs import pair_figure, png_name, save_mask, save_png, save_probability
-from .pairs import Pair, load_pairs, read_label
+from .outputs import FIGURE_PIXELS, GeoOutput, pair_figure, png_name, save_mask, save_png, save_probability
+from .pairs import PairInput, check_bands, load_pairs, read_label
+from .predict import ArrayOutput, ConfusionOutput, fan_out, predict
 from .train import load_best, train_head
 
 
@@ -48,26 +56,66 @@ def method_dir(run_dir: Path, cfg: CDConfig, name: str) -> Path:
     return run_dir if name == cfg.head.kind else run_dir / CD_BASELINES_DIR / name
 
 
-def predict_to_dir(method: Method | None, pairs: list[Pair], out: Path, probabilities: bool = False,
-                   figures: bool = True, progress: bool = True, what: str = "predicting") -> dict | None:
-    """Masks ``out/<name>.png`` (0/255), optional ``out/probability/``, ``out/figures/``; with labels on every
-    pair, the scores (:meth:`Accumulator.result`), else ``None``. ``method=None`` is CVA."""
-    names = [png_name(p.name) for p in pairs]
+@dataclass(frozen=True)
+class OutputOptions:
+    """What a prediction writes beside the masks: probability maps (PNG inputs; georeferenced inputs always
+    get theirs, the polygons need it), figures, GeoJSON polygons (georeferenced inputs), in EPSG:4326."""
+
+    probabilities: bool = False
+    figures: bool = True
+    polygons: bool = True
+    wgs84: bool = False
+
+
+def predict_one(method: Method | None, pair: PairInput, norm: BandNormalisation, data: CDDataConfig, out: Path,
+                options: OutputOptions) -> np.ndarray | None:
+    """Predict one pair into ``out`` (see :mod:`diffsat.cd.outputs`); returns its confusion matrix when it has
+    a label. A georeferenced pair is read and written window by window."""
+    stem = Path(png_name(pair.name)).stem
+    h, w = pair.size
+    kept = ArrayOutput(pair.size) if pair.grid is None or (options.figures and h * w <= FIGURE_PIXELS) else None
+    scored = ConfusionOutput(pair.label) if pair.label is not None else None
+    writers = [wr for wr in (kept, scored) if wr is not None]
+    with pair.windows(norm) as reader:
+        if pair.grid is not None:
+            mask_path, prob_path = out / f"{stem}.tif", out / "probability" / f"{stem}.tif"
+            with GeoOutput(mask_path, prob_path, pair.grid) as geo:
+                predict(method, reader, pair.size, data, fan_out(geo, *writers))
+            if options.polygons:
+                write_polygons(out / f"{stem}.geojson", mask_path, prob_path, options.wgs84)
+        else:
+            predict(method, reader, pair.size, data, fan_out(*writers))
+            save_mask(out / f"{stem}.png", kept.mask)
+            if options.probabilities:
+                save_probability(out / "probability" / f"{stem}.png", kept.probability)
+        if options.figures and kept is not None:
+            before, after, valid = reader.window(0, 0, h, w)
+            stretch = None if norm.method == "fixed" and pair.eight_bit else (2.0, 98.0)
+            rgb = rgb_indices(norm.names)
+            figure = pair_figure(render_rgb(before, rgb, valid, stretch), render_rgb(after, rgb, valid, stretch),
+                                 pair.label, kept.mask)
+            save_png(out / CD_FIGURES_DIR / f"{stem}.png", figure)
+    return scored.cm if scored is not None else None
+
+
+def predict_to_dir(method: Method | None, pairs: list[PairInput], norm: BandNormalisation, data: CDDataConfig,
+                   out: Path, options: OutputOptions = OutputOptions(), progress: bool = True,
+                   what: str = "predicting") -> dict | None:
+    """Every pair predicted into ``out`` (:func:`predict_one`); with labels on every pair, the scores
+    (:meth:`Accumulator.result`), else ``None``. ``method=None`` is CVA."""
+    names = [Path(png_name(p.name)).stem for p in pairs]
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"two input pairs are both named {dup}; their masks would overwrite each other: "
                         "predict the folders one at a time")
+    for pair in pairs:
+        check_bands(norm, pair)
     scored = all(p.label is not None for p in pairs)
     acc = Accumulator()
-    for pair, name in tqdm(list(zip(pairs, names)), desc=what, disable=not progress):
-        mask, prob = predict_pair(method, pair)
-        save_mask(out / name, mask)
-        if probabilities:
-            save_probability(out / "probability" / name, prob)
-        if figures:
-            save_png(out / CD_FIGURES_DIR / name, pair_figure(pair.before, pair.after, pair.label, mask))
-        if scored:
-            acc.add(pair.name, mask, pair.label)
+    for pair in tqdm(pairs, desc=what, disable=not progress):
+        cm = predict_one(method, pair, norm, data, out, options)
+        if cm is not None:
+            acc.add_counts(pair.name, cm)
     return acc.result() if scored else None
 
 
@@ -76,8 +124,8 @@ def has_training(folder: Path) -> bool:
     return bool(committed_checkpoints(folder)) or (folder / STATE_FILE).is_file()
 
 
-def _load_split(sources: tuple[PairSource, ...], what: str) -> list[Pair]:
-    return load_pairs(sources, need_labels=True, what=what).pairs if sources else []
+def _inputs(sources: tuple[PairSource, ...], data: CDDataConfig, what: str) -> list[PairInput]:
+    return load_pairs(sources, need_labels=True, what=what, bands=data.bands).pairs if sources else []
 
 
 def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -90,19 +138,25 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
         torch.set_num_threads(cfg.train.threads)
     if not resume and has_training(run_dir):
         raise DataError(f"{run_dir}: already holds a trained run; continue it with --resume or choose another --out")
-    train = _load_split(cfg.data.train, "training pairs")
-    if not train:
+    train_inputs = _inputs(cfg.data.train, cfg.data, "training pairs")
+    if not train_inputs:
         raise DataError("data.train lists no pair source: a change-detection run needs training pairs")
-    val, test = _load_split(cfg.data.val, "validation pairs"), _load_split(cfg.data.test, "test pairs")
+    val_inputs, test = _inputs(cfg.data.val, cfg.data, "validation pairs"), _inputs(cfg.data.test, cfg.data, "test pairs")
+    norm = make_normalisation(cfg.data.normalisation, [im for p in train_inputs for im in (p.before, p.after)],
+                              progress)
+    for pair in train_inputs + val_inputs + test:
+        check_bands(norm, pair)
+    train, val = [p.load(norm) for p in train_inputs], [p.load(norm) for p in val_inputs]
     run_dir.mkdir(parents=True, exist_ok=True)
     save_cd_config(cfg, run_dir / CONFIG_FILE)
+    save_normalisation(norm, run_dir)
     doc = {"split": {"train": [p.name for p in train], "val": [p.name for p in val], "test": [p.name for p in test]},
-           "methods": {}}
+           "bands": list(norm.names), "normalisation": norm.detail, "methods": {}}
     for name in (cfg.head.kind, *cfg.head.compare):
         folder = method_dir(run_dir, cfg, name)
         method, training = None, None
         if name != "cva":
-            method = build_method(name, cfg, run_dir / CD_FEATURES_DIR)
+            method = build_method(name, cfg, run_dir / CD_FEATURES_DIR, norm.channels)
             save_cd_config(cfg, folder / CONFIG_FILE)
             again = resume and has_training(folder)
             if again and not committed_checkpoints(folder):
@@ -113,7 +167,8 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
             training = dataclasses.asdict(summary)
             load_best(method, folder)
         if test:
-            result = predict_to_dir(method, test, folder / CD_TEST_DIR, progress=progress, what=f"{name}: test pairs")
+            result = predict_to_dir(method, test, norm, cfg.data, folder / CD_TEST_DIR, progress=progress,
+                                    what=f"{name}: test pairs")
             doc["methods"][name] = {**(result or {}), "training": training}
     atomic_write_text(run_dir / CD_TEST_METRICS_FILE, json.dumps(doc, indent=2) + "\n")
     write_cd_report(run_dir)
@@ -121,10 +176,10 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
 
 
 def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, list_name: str | None = None,
-                method_name: str | None = None, probabilities: bool = False, figures: bool = True,
-                last: bool = False, progress: bool = True) -> tuple[int, dict | None]:
-    """Predict every pair under ``pairs_root`` (labels optional) with a trained run; returns
-    ``(pairs predicted, scores when every pair has a label)``."""
+                method_name: str | None = None, options: OutputOptions = OutputOptions(), last: bool = False,
+                progress: bool = True, names: tuple[str, ...] | None = None) -> tuple[int, dict | None]:
+    """Predict every pair under ``pairs_root`` (labels optional; ``names``: only these pairs or OSCD cities)
+    with a trained run; returns ``(pairs predicted, scores when every pair has a label)``."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise DataError(f"{run_dir}: not a change-detection run directory (no config.json); give the --out of "
@@ -133,12 +188,16 @@ def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, li
     name = method_name or cfg.head.kind
     if name not in (cfg.head.kind, *cfg.head.compare):
         raise DataError(f"{run_dir}: holds no method '{name}' (it trained {', '.join((cfg.head.kind, *cfg.head.compare))})")
+    norm = load_normalisation(run_dir, default_names=("red", "green", "blue"))
+    source = PairSource(root=str(pairs_root), list=list_name, names=names)
+    pair_set = load_pairs([source], need_labels=False, what="pairs", bands=cfg.data.bands)
+    for pair in pair_set.pairs:
+        check_bands(norm, pair)
     method = None
     if name != "cva":
-        method = build_method(name, cfg, None)
+        method = build_method(name, cfg, None, norm.channels)
         load_best(method, method_dir(run_dir, cfg, name), last=last)
-    pair_set = load_pairs([PairSource(root=str(pairs_root), list=list_name)], need_labels=False, what="pairs")
-    result = predict_to_dir(method, pair_set.pairs, Path(out), probabilities, figures, progress)
+    result = predict_to_dir(method, pair_set.pairs, norm, cfg.data, Path(out), options, progress)
     return len(pair_set.pairs), result
 
 

@@ -31,8 +31,9 @@ from ..training.task import Nets, TaskContext, TaskDefaults, Terms
 from ..training.trainer import Trainer
 from .config import CDTrainConfig
 from .metrics import Accumulator
-from .methods import Method, Sample, aligned, predict_pair
-from .pairs import Pair, apply_crop, draw_crop
+from .methods import Method, Sample, aligned
+from .pairs import IGNORE, Pair, apply_crop, draw_crop
+from .predict import ConfusionOutput, predict
 
 
 @dataclass
@@ -61,10 +62,12 @@ def save_head(weights: dict[str, torch.Tensor], path: Path, meta: dict[str, str]
 
 
 def validation_f1(method: Method, pairs: list[Pair]) -> float:
-    """Change-F1 of ``method`` over ``pairs`` (one confusion matrix)."""
+    """Change-F1 of ``method`` over ``pairs`` (one confusion matrix; nodata pixels left out)."""
     acc = Accumulator()
     for pair in pairs:
-        acc.add(pair.name, predict_pair(method, pair)[0], pair.label)
+        counts = ConfusionOutput(pair.label)
+        predict(method, pair, pair.size, method.cfg.data, counts)
+        acc.add_counts(pair.name, counts.cm)
     return acc.result()["f1"]
 
 
@@ -109,7 +112,7 @@ class HeadTask(TaskDefaults):
     def loss(self, net: nn.Module, batch: tuple[Sample, torch.Tensor], generator: torch.Generator
              ) -> tuple[torch.Tensor, Terms]:
         sample, labels = batch
-        return F.cross_entropy(self.method.logits(sample, net), labels, weight=self.weight), {}
+        return F.cross_entropy(self.method.logits(sample, net), labels, weight=self.weight, ignore_index=IGNORE), {}
 
     def evaluate(self, nets: Nets) -> dict[str, float]:
         """Validation change-F1 of the weights; the best are kept (in the train state, and at the end in

@@ -28,14 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.set_defaults(run=run_train)
 
-    r = add_parser(verbs, "predict", "Predict change masks (PNG 0/255, the inputs' names) for every pair of a "
-                   "LEVIR-CD or open-cd folder, with figures and optional probability maps.",
+    r = add_parser(verbs, "predict", "Predict change masks for every pair of a LEVIR-CD, open-cd or OSCD folder: "
+                   "PNG 0/255 for 8-bit inputs; for georeferenced rasters a GeoTIFF mask and probability map on "
+                   "the input's grid and GeoJSON polygons of the changes, read and written window by window.",
                    "diffsat cd predict runs/cd --pairs ../shared/data/levir-cd256-samples --out out/masks\n"
-                   "  diffsat cd predict runs/cd --pairs LEVIR-CD256 --list test --out out/test --probabilities")
+                   "  diffsat cd predict runs/cd --pairs LEVIR-CD256 --list test --out out/test --probabilities\n"
+                   "  diffsat cd predict runs/cd_oscd --pairs ../shared/data/oscd --names pisa --out out/pisa")
     r.add_argument("run_dir", type=Path, help="run directory of `diffsat cd train`")
-    r.add_argument("--pairs", required=True, type=Path, help="folder with A/ and B/ (label/ optional), or an "
-                   "open-cd root with --list SPLIT")
-    r.add_argument("--list", dest="list_name", help="LEVIR-CD: list/<LIST>.txt; open-cd: the split folder")
+    r.add_argument("--pairs", required=True, type=Path, help="folder with A/ and B/ (label/ optional; PNG, JPEG "
+                   "or GeoTIFF), an open-cd root with --list SPLIT, or an OSCD folder")
+    r.add_argument("--list", dest="list_name", help="LEVIR-CD: list/<LIST>.txt; open-cd: the split folder; "
+                   "OSCD: train or test (the city lists)")
+    r.add_argument("--names", nargs="+", help="only these pairs (file names; OSCD: cities)")
+    r.add_argument("--wgs84", action="store_true", help="GeoJSON polygons in EPSG:4326 (default: the raster's CRS)")
+    r.add_argument("--no-polygons", action="store_true", help="georeferenced inputs: skip the GeoJSON polygons")
     r.add_argument("--out", required=True, type=Path, help="output folder")
     r.add_argument("--method", help="ddpmcd, fc_siam_diff or cva (default: the run's head.kind)")
     r.add_argument("--probabilities", action="store_true", help="also write P(change) maps to OUT/probability/")
@@ -72,8 +78,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..cd import predict_run
     from ..cd.run import summary_line
 
-    n, result = predict_run(args.run_dir, args.pairs, args.out, args.list_name, args.method, args.probabilities,
-                            not args.no_figures, args.last, not args.no_progress)
+    from ..cd.run import OutputOptions
+
+    options = OutputOptions(args.probabilities, not args.no_figures, not args.no_polygons, args.wgs84)
+    names = tuple(args.names) if args.names else None
+    n, result = predict_run(args.run_dir, args.pairs, args.out, args.list_name, args.method, options, args.last,
+                            not args.no_progress, names)
     print(f"{n} masks written to {args.out}")
     if result is not None:
         print(summary_line(args.method or "prediction", result))

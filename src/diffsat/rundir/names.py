@@ -39,6 +39,9 @@ BEST_FILE = "best.safetensors"
 """A change-detection head's weights at its best validation F1 (:data:`MODEL_FILE` holds the last ones)."""
 CD_TEST_METRICS_FILE = "test_metrics.json"
 """A change-detection run's test scores of every method (one confusion matrix each) and per-pair F1."""
+NORMALISATION_FILE = "normalisation.json"
+"""A run's per-band normalisation of raster inputs (:class:`diffsat.geo.normalise.BandNormalisation`), made
+from its training data and applied again at prediction."""
 CD_FEATURES_DIR = "features"
 """A change-detection run's cache of backbone features (``<sha256>.safetensors`` files)."""
 CD_BASELINES_DIR = "baselines"
@@ -49,7 +52,7 @@ CD_FIGURES_DIR = "figures"
 """Beside predicted masks: one before | after | truth | prediction figure per pair."""
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, SCHEDULE_FILE, METRICS_FILE, REPORT_FILE, LOSS_PLOT,
              QUALITY_PLOT, TENSORBOARD_DIR, CHECKPOINTS_DIR, LATENT_CACHE, RECONSTRUCTION_FILE,
-             BEST_FILE, CD_TEST_METRICS_FILE)
+             BEST_FILE, CD_TEST_METRICS_FILE, NORMALISATION_FILE)
 
 
 _GRID_NAME = re.compile(r"step_(\d+)\.png")

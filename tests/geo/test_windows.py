@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from diffsat.cd.window import kept_span, pad_to, padded_size, stitch, window_starts
+from diffsat.geo.windows import kept_spans, pad_to, tiles, padded_size, stitch, window_starts
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (70, 45), (24, 24)])
@@ -19,10 +20,15 @@ def test_stitching_reproduces_the_whole_image_prediction_of_a_convolutional_head
 
 def test_windows_cover_every_pixel_once_in_order() -> None:
     for length in (32, 33, 57, 100):
-        starts = window_starts(length, 32, 6)
-        spans = [kept_span(s, length, 32, 6) for s in starts]
-        assert spans[0][0] == 0 and spans[-1][1] == length and starts[-1] == length - 32
-        assert all(a[1] >= b[0] for a, b in zip(spans, spans[1:]))
+        spans = kept_spans(length, 32, 6)
+        assert spans[0][1] == 0 and spans[-1][2] == length and spans[-1][0] == length - 32
+        assert all(a[2] == b[1] for a, b in zip(spans, spans[1:]))  # a partition
+        for start, first, stop in spans:  # margin context inside the window, except at the image border
+            assert (first == 0 or first - start >= 6) and (stop == length or start + 32 - stop >= 6)
+    count = np.zeros((57, 100), dtype=int)
+    for t in tiles(57, 100, 32, 6):
+        count[t.y0 : t.y1, t.x0 : t.x1] += 1
+    assert (count == 1).all()
 
 
 def test_padding_to_the_window_and_alignment() -> None:
