@@ -24,8 +24,10 @@ import torch
 
 from diffsat.cd.config import load_cd_config
 from diffsat.cd.features import Backbone
-from diffsat.cd.methods import FeatureHeadMethod, predict_pair
+from diffsat.cd.methods import FeatureHeadMethod
 from diffsat.cd.pairs import Pair
+from diffsat.cd.predict import ArrayOutput, predict
+from diffsat.geo.normalise import uint8_normalisation
 from diffsat.config import load_config
 from diffsat.diffusion.schedules import NoiseSchedule
 from diffsat.models.unet import build_unet
@@ -40,21 +42,22 @@ def test_pair(side: int) -> Pair:
     from diffsat.cd.pairs import load_pairs
 
     if LEVIR.is_dir():
-        pairs = load_pairs([PairSource(root=str(LEVIR), list="demo")]).pairs[:4]
+        norm = uint8_normalisation(("red", "green", "blue"))
+        pairs = [p.load(norm) for p in load_pairs([PairSource(root=str(LEVIR), list="demo")]).pairs[:4]]
         reps = -(-side // 256)
         tile = lambda get: np.concatenate([np.concatenate([get(pairs[(i + j) % 4]) for j in range(reps)], axis=-1)  # noqa: E731
                                            for i in range(reps)], axis=-2)[..., :side, :side]
         return Pair("tiled.png", tile(lambda p: p.before), tile(lambda p: p.after), None, LEVIR)
     rng = np.random.default_rng(0)
-    return Pair("random.png", rng.integers(0, 256, (3, side, side), dtype=np.uint8),
-                rng.integers(0, 256, (3, side, side), dtype=np.uint8), None, ROOT)
+    return Pair("random.png", rng.uniform(-1, 1, (3, side, side)).astype(np.float32),
+                rng.uniform(-1, 1, (3, side, side)).astype(np.float32), None, ROOT)
 
 
 def timed(method: FeatureHeadMethod, pair: Pair, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        predict_pair(method, pair)
+        predict(method, pair, pair.size, method.cfg.data, ArrayOutput(pair.size))
         times.append(time.perf_counter() - t0)
     return times
 

@@ -103,7 +103,8 @@ class DataConfig(_Section):
     path: str | None = None
     """MNIST idx folder / PNG class folder / image folder / LEVIR-CD root (with A/, B/, list/).
     ``None`` for kind ``mnist``: the default source."""
-    kind: Literal["mnist", "folder", "levir"] = "mnist"
+    kind: Literal["mnist", "folder", "levir", "rasters"] = "mnist"
+    """``rasters``: GeoTIFFs (any band count and dtype) cut into tiles (:mod:`diffsat.data.rasters`)."""
     split: Literal["train", "test"] = "train"
     """MNIST: the training or test digits. Image folders and LEVIR-CD with ``holdout``: the images kept for
     training, or the held-out ones."""
@@ -133,6 +134,11 @@ class DataConfig(_Section):
     vflip: bool = False
     rot90: bool = False
     """Random 90-degree rotations: valid for nadir (satellite) imagery, never for digits."""
+    bands: tuple[str | int, ...] | None = None
+    """``rasters``: the bands to use, by name (``B04``, a band description) or 1-based position; ``None``:
+    every band. ``channels`` must equal their number."""
+    normalisation: NormalisationConfig = NormalisationConfig()
+    """``rasters``: how band values become [-1, 1] (made from the training split, stored in the run)."""
 
     @model_validator(mode="after")
     def _sizes(self) -> "DataConfig":

@@ -86,15 +86,17 @@ def plot_training(run_dir: str | Path) -> list[Path]:
     return [plot_loss_curve(run_dir)] + ([quality] if quality else [])
 
 
-def plot_chain(frames: torch.Tensor, fractions: list[float], out: str | Path, title: str | None = None) -> Path:
+def plot_chain(frames: torch.Tensor, fractions: list[float], out: str | Path, title: str | None = None,
+               rgb: tuple[int, int, int] | None = None) -> Path:
     """The denoising chain as one figure: a row per sample, a column per frame (x_T ... x_0).
 
-    ``frames``: (F, N, C, H, W) in [-1, 1]; ``fractions``: F values of t/T shown above the columns.
+    ``frames``: (F, N, C, H, W) in [-1, 1]; ``fractions``: F values of t/T shown above the columns; ``rgb``:
+    the bands shown of multispectral frames.
     """
     f, n = frames.shape[:2]
     fig, axes = plt.subplots(n, f, figsize=(1.2 * f, 1.25 * n + 0.4), squeeze=False)
     for col in range(f):
-        imgs = to_uint8_hwc(frames[col])
+        imgs = to_uint8_hwc(frames[col], rgb)
         for row in range(n):
             ax = axes[row][col]
             img = imgs[row]

@@ -1,8 +1,10 @@
 """The sample-folder format: what ``diffsat sample`` writes and ``diffsat evaluate`` reads.
 
-A folder holds ``sample_00000.png`` ... (one PNG per sample, uint8), ``grid.png`` (an overview of the first
-samples; never counted as a sample) and, for a class-conditional model, ``labels.txt`` (one ``FILE LABEL``
-line per sample: the class each was drawn for).
+A folder holds ``sample_00000.png`` ... (one PNG per sample, uint8; for a multispectral model, one float32
+GeoTIFF ``sample_00000.tif`` per sample with its bands named, values in the model range [-1, 1]: the run's
+``normalisation.json`` maps them back to band units), ``grid.png`` (an overview of the first samples, RGB
+bands for a multispectral model; never counted as a sample) and, for a class-conditional model,
+``labels.txt`` (one ``FILE LABEL`` line per sample: the class each was drawn for).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from rasterio.transform import Affine
 
 from .data.folder import list_image_files
 from .data.transforms import to_uint8_hwc
 from .errors import DiffsatError
 from .fileio import atomic_write_text
+from .geo.raster import Grid
+from .geo.render import rgb_indices
+from .geo.write import GeoTiffWriter
 
 PREFIX = "sample"
 GRID_NAME = "grid.png"
@@ -34,9 +40,9 @@ def grid_scale(image_size: int) -> int:
     return max(1, GRID_PIXELS // image_size)
 
 
-def write_labels(labels: torch.Tensor, path: Path, prefix: str = PREFIX) -> Path:
-    """``labels.txt`` beside the PNGs: one ``prefix_00000.png <label>`` line per sample, ``labels`` ``(N,)``."""
-    lines = [f"{prefix}_{i:05d}.png {int(label)}" for i, label in enumerate(labels)]
+def write_labels(labels: torch.Tensor, path: Path, prefix: str = PREFIX, suffix: str = ".png") -> Path:
+    """``labels.txt`` beside the images: one ``prefix_00000.png <label>`` line per sample, ``labels`` ``(N,)``."""
+    lines = [f"{prefix}_{i:05d}{suffix} {int(label)}" for i, label in enumerate(labels)]
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
@@ -52,9 +58,23 @@ def save_pngs(images: torch.Tensor, out_dir: Path, prefix: str = PREFIX, start: 
     return paths
 
 
-def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
-    """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (rows*H, nrow*W, C) with white gutters."""
-    arr = to_uint8_hwc(images)  # (N, H, W, C)
+def save_rasters(images: torch.Tensor, out_dir: Path, bands: tuple[str, ...], prefix: str = PREFIX) -> list[Path]:
+    """Write multispectral ``(N, C, H, W)`` images in [-1, 1] as float32 GeoTIFFs ``prefix_00000.tif`` ...
+    (no georeferencing; band descriptions ``bands``)."""
+    paths = []
+    for i, img in enumerate(images.detach().float().cpu().numpy()):
+        path = out_dir / f"{prefix}_{i:05d}.tif"
+        with GeoTiffWriter(path, Grid(None, Affine.identity(), img.shape[2], img.shape[1]), img.shape[0], "float32",
+                           None, bands) as w:
+            w.write(img, 0, 0)
+        paths.append(path)
+    return paths
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 2, rgb: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Tile (N, C, H, W) images in [-1, 1] into one uint8 array (rows*H, nrow*W, C') with white gutters
+    (C' = 1 or 3: multispectral images show their ``rgb`` bands)."""
+    arr = to_uint8_hwc(images, rgb)  # (N, H, W, C')
     n, h, w, c = arr.shape
     rows = (n + nrow - 1) // nrow
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
@@ -64,10 +84,12 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1) -> Path:
-    """Save a square-ish grid of images; ``scale`` enlarges small images (nearest) for viewing."""
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 1,
+              rgb: tuple[int, int, int] | None = None) -> Path:
+    """Save a square-ish grid of images; ``scale`` enlarges small images (nearest) for viewing; ``rgb``: the
+    bands shown of multispectral images."""
     nrow = nrow or max(1, int(np.ceil(np.sqrt(images.shape[0]))))
-    grid = image_grid(images, nrow)
+    grid = image_grid(images, nrow, rgb=rgb)
     img = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
@@ -77,13 +99,20 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: 
 
 
 def write_sample_folder(images: torch.Tensor, out_dir: Path, labels: torch.Tensor | None = None,
-                        grid: int = 3) -> None:
-    """Write ``images`` ``(N, C, S, S)`` in [-1, 1] as a sample folder: the PNGs, ``labels.txt`` when
-    ``labels`` ``(N,)`` are given, and ``grid.png`` of the first ``grid`` x ``grid`` images."""
-    save_pngs(images, out_dir)
+                        grid: int = 3, bands: tuple[str, ...] | None = None) -> None:
+    """Write ``images`` ``(N, C, S, S)`` in [-1, 1] as a sample folder: the PNGs (GeoTIFFs for C other than 1
+    and 3, their bands named ``bands``), ``labels.txt`` when ``labels`` ``(N,)`` are given, and ``grid.png``
+    of the first ``grid`` x ``grid`` images."""
+    c = images.shape[1]
+    multispectral = c not in (1, 3)
+    if multispectral:
+        save_rasters(images, out_dir, bands or tuple(f"band{i}" for i in range(1, c + 1)))
+    else:
+        save_pngs(images, out_dir)
     if labels is not None:
-        write_labels(labels, out_dir / LABELS_NAME)
-    save_grid(images[: grid * grid], out_dir / GRID_NAME, nrow=grid, scale=grid_scale(images.shape[-1]))
+        write_labels(labels, out_dir / LABELS_NAME, suffix=".tif" if multispectral else ".png")
+    rgb = rgb_indices(bands) if bands is not None else None
+    save_grid(images[: grid * grid], out_dir / GRID_NAME, nrow=grid, scale=grid_scale(images.shape[-1]), rgb=rgb)
 
 
 def sample_files(root: Path) -> list[Path]:

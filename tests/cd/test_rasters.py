@@ -163,3 +163,26 @@ def test_predict_run_on_png_pairs_is_unchanged(tmp_path: Path) -> None:
     n, result = predict_run(tmp_path / "run", tmp_path / "pairs", tmp_path / "out", progress=False)
     assert n == 4 and result["pairs"] == 4
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p0.png", "p1.png", "p2.png", "p3.png"]
+
+
+def test_an_unreadable_raster_pair_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+    make_pairs(tmp_path / "pairs", n=4)
+    train_cd(parse_cd_config(cd_config(tmp_path / "pairs", None, max_steps=1)), tmp_path / "run", progress=False)
+    bad = tmp_path / "bad"
+    write_raster(bad / "B" / "x.tif", reflectance(3, 32, 32))
+    (bad / "A").mkdir()
+    (bad / "A" / "x.tif").write_bytes(b"II*\x00 truncated")
+    code = main(["cd", "predict", str(tmp_path / "run"), "--pairs", str(bad), "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "A/x.tif: not a raster GDAL can read" in err[0]
+
+
+def test_a_georeferenced_label_is_put_on_the_pair_grid(tmp_path: Path) -> None:
+    root = tmp_path / "pairs"
+    raster_pairs(root, n=1, size=40)
+    coarse = np.zeros((1, 20, 20), dtype=np.uint8)
+    coarse[:, 5:10, 5:10] = 1  # 20 m pixels: 10 x 10 px of 10 m from (10, 10)
+    write_raster(root / "label" / "t0.tif", coarse, transform=rasterio.transform.from_origin(500_000, 5_000_000, 20, 20))
+    label = load_pairs([PairSource(root=str(root))]).pairs[0].label
+    assert label.shape == (40, 40) and label.sum() == 100 and label[10:20, 10:20].all()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from diffsat.config import NormalisationConfig
-from diffsat.data.bands import load_normalisation, make_normalisation, save_normalisation
+from diffsat.data.bands import make_normalisation
+from diffsat.rundir.bands import load_run_normalisation, save_run_normalisation
 from diffsat.geo.normalise import BandNormalisation, fixed_normalisation, from_samples, uint8_normalisation
 from diffsat.geo.raster import RasterError, stack_from_path
 
@@ -49,8 +50,8 @@ def test_statistics_come_from_the_given_images_and_are_stored_and_read_back(tmp_
     only_low = make_normalisation(cfg, [stack_from_path(low)], progress=False)
     both = make_normalisation(cfg, [stack_from_path(low), stack_from_path(high)], progress=False)
     assert only_low.method == "percentile" and only_low.offset[0] < 5000 < both.offset[0]
-    save_normalisation(both, tmp_path)
-    assert load_normalisation(tmp_path) == both
+    save_run_normalisation(both, tmp_path)
+    assert load_run_normalisation(tmp_path) == both
     assert json.loads((tmp_path / "normalisation.json").read_text())["names"] == ["band1", "band2", "band3"]
     eight = write_raster(tmp_path / "rgb.tif", np.full((3, 4, 4), 7, dtype=np.uint8))
     assert make_normalisation(cfg, [stack_from_path(eight)]).detail.startswith("8-bit")
@@ -59,10 +60,10 @@ def test_statistics_come_from_the_given_images_and_are_stored_and_read_back(tmp_
 def test_a_damaged_stored_map_and_a_run_without_one_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "normalisation.json").write_text('{"method": "fixed"}')
     with pytest.raises(RasterError, match=r"normalisation\.json: not a band normalisation"):
-        load_normalisation(tmp_path)
+        load_run_normalisation(tmp_path)
     with pytest.raises(RasterError, match=r"normalisation\.json: missing"):
-        load_normalisation(tmp_path / "nothing")
-    assert load_normalisation(tmp_path / "nothing", ("red", "green", "blue")).method == "fixed"
+        load_run_normalisation(tmp_path / "nothing")
+    assert load_run_normalisation(tmp_path / "nothing", ("red", "green", "blue")).method == "fixed"
     norm = BandNormalisation("fixed", ("B02", "B03"), (0.0, 0.0), (1.0, 1.0))
     with pytest.raises(RasterError, match=r"x\.tif: bands B02, B03, B04 but the run was trained on 2 band"):
         norm.check_bands(("B02", "B03", "B04"), "x.tif")

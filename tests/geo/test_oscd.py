@@ -23,7 +23,7 @@ def fake_oscd(root: Path) -> Path:
     images = root / IMAGES
     for i, city in enumerate(("a", "b", "u")):
         sentinel_folder(images / city / "imgs_1", seed=i)
-        if city == "b":  # 54 px of 10.0 m -> 59 px... as OSCD: slightly coarser pixels on the same bounds
+        if city == "b":  # as OSCD's hongkong: the second date 1 px smaller at 10 m, on the same bounds
             folder = images / city / "imgs_2"
             for band in SENTINEL2_BANDS:
                 r = {"B01": 60, "B09": 60, "B10": 60}.get(band, 20 if band in ("B05", "B06", "B07", "B8A", "B11",

@@ -47,7 +47,8 @@ def test_chain_takes_the_options_and_names_them(run_dir: Path, tmp_path: Path, m
 
     titles: list[str] = []
     real = plots.plot_chain
-    monkeypatch.setattr(plots, "plot_chain", lambda *a, title=None: (titles.append(title), real(*a, title=title)))
+    monkeypatch.setattr(plots, "plot_chain", lambda *a, title=None, rgb=None: (titles.append(title),
+                                                                             real(*a, title=title, rgb=rgb)))
     out = tmp_path / "chain.png"
     assert main(["chain", str(run_dir), "--out", str(out), "--steps", "4", "--frames", "3", "--device", "cpu",
                  *OPTIONS]) == 0

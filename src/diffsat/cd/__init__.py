@@ -8,10 +8,11 @@ Python use::
     predict_run("runs/cd", "../shared/data/levir-cd256-samples", "out/masks")
     scores = evaluate_masks("out/masks", "../shared/data/levir-cd256-samples")
 
-Modules, lowest first: ``config`` (the validated ``cd`` config), ``pairs`` (LEVIR-CD / open-cd pairs, crops),
-``metrics`` (one confusion matrix), ``cva``, ``window`` (sliding windows), ``features`` (frozen backbone,
-noise levels, cache), ``heads`` (DDPM-CD head, FC-Siam-diff), ``methods``, ``outputs``, ``train``, ``report``,
-``run``.
+Modules, lowest first: ``config`` (the validated ``cd`` config), ``pairs`` (LEVIR-CD / open-cd / OSCD pairs,
+8-bit or raster, crops), ``metrics`` (one confusion matrix), ``cva``, ``features`` (frozen backbone, noise
+levels, cache), ``heads`` (DDPM-CD head, FC-Siam-diff), ``methods``, ``predict`` (window by window),
+``outputs`` (PNG, GeoTIFF, figures), ``train``, ``report``, ``run``. Windows and raster I/O live in
+:mod:`diffsat.geo`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from PIL import Image
 from ..fileio import atomic_write
 from ..geo.raster import Grid
 from ..geo.write import GeoTiffWriter
+from .predict import Region
 
 TP, FP, FN = (255, 255, 255), (230, 40, 40), (40, 90, 255)
 GAP = 4
@@ -102,7 +103,7 @@ class GeoOutput:
         finally:
             self.mask.__exit__(*exc)  # type: ignore[arg-type]
 
-    def __call__(self, region: object, mask: np.ndarray, probability: np.ndarray, valid: np.ndarray) -> None:
-        y, x = region.y0, region.x0  # type: ignore[attr-defined]
-        self.mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), y, x)
-        self.probability.write(np.where(valid, probability, PROBABILITY_NODATA).astype(np.float32), y, x)
+    def __call__(self, region: Region, mask: np.ndarray, probability: np.ndarray, valid: np.ndarray) -> None:
+        self.mask.write(np.where(valid, mask, MASK_NODATA).astype(np.uint8), region.y0, region.x0)
+        self.probability.write(np.where(valid, probability, PROBABILITY_NODATA).astype(np.float32),
+                               region.y0, region.x0)

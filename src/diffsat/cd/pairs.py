@@ -49,7 +49,7 @@ from ..errors import DiffsatError
 from ..geo.align import align_pair
 from ..geo.normalise import BandNormalisation
 from ..geo.oscd import is_oscd, oscd_cities, oscd_city, read_oscd_label
-from ..geo.raster import RASTER_SUFFIXES, BandStack, Grid, open_raster, stack_from_path
+from ..geo.raster import RASTER_SUFFIXES, BandStack, Grid, file_bands, open_raster, stack_from_path
 from .config import CDDataConfig, PairSource
 
 
@@ -259,10 +259,17 @@ def label_values(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A change mask file (PNG / JPEG, or a raster) as uint8 ``(H, W)`` in {0, 1}."""
+    """A change mask file (PNG / JPEG, or a raster) as uint8 ``(H, W)`` in {0, 1}; a raster's nodata pixels
+    (as in the masks ``diffsat cd predict`` writes) are :data:`IGNORE`."""
     if path.suffix.lower() in RASTER_SUFFIXES:
         with open_raster(path) as ds:
-            return label_values(ds.read(1), path)
+            array, nodata = ds.read(1), ds.nodata
+        if nodata is None:
+            return label_values(array, path)
+        valid = array != nodata
+        out = np.full(array.shape, IGNORE, dtype=np.uint8)
+        out[valid] = label_values(array[valid], path)
+        return out
     with Image.open(path) as img:
         img.load()
         array = np.asarray(img.convert("L") if img.mode in ("P", "I;16", "I", "F") else img)
@@ -282,11 +289,20 @@ def _files(base: Path, name: str, need_label: bool) -> tuple[Path, Path, Path | 
     return a, b, lab
 
 
-def _label_on(path: Path | None, size: tuple[int, int], what: str) -> np.ndarray | None:
-    label = read_label(path) if path is not None else None
-    if label is not None and label.shape != size:
-        raise DataError(f"{path}: {label.shape[1]}x{label.shape[0]} but {what} is {size[1]}x{size[0]}; the "
-                        "label must have the images' size (and grid)")
+def _label_on(path: Path | None, grid: Grid, what: str) -> np.ndarray | None:
+    """The label file read onto the pair's grid: a georeferenced raster label is resampled onto it (nearest;
+    outside its footprint :data:`IGNORE`), any other must have the grid's size."""
+    if path is None:
+        return None
+    if path.suffix.lower() in RASTER_SUFFIXES and grid.crs is not None and file_bands(path)[0].grid.crs is not None:
+        values, valid = stack_from_path(path, (1,), "nearest", grid=grid).read()
+        label = np.full(grid.shape, IGNORE, dtype=np.uint8)
+        label[valid] = label_values(values[0][valid].astype(np.int64), path)
+        return label
+    label = read_label(path)
+    if label.shape != grid.shape:
+        raise DataError(f"{path}: {label.shape[1]}x{label.shape[0]} but {what} is {grid.width}x{grid.height}; the "
+                        "label must have the images' size (or a CRS to be put on their grid)")
     return label
 
 
@@ -297,7 +313,7 @@ def read_pair(base: Path, name: str, need_label: bool, bands: tuple[str | int, .
     a_path, b_path, label_path = _files(base, name, need_label)
     if a_path.suffix.lower() in RASTER_SUFFIXES:
         before, after = align_pair(stack_from_path(a_path, bands), stack_from_path(b_path, bands))
-        label = _label_on(label_path, before.grid.shape, f"the pair's common grid ({a_path}, {b_path})")
+        label = _label_on(label_path, before.grid, f"the pair's common grid ({a_path}, {b_path})")
         return PairInput(name, before, after, label, base)
     if bands is not None and tuple(bands) != DecodedImage.names:
         raise DataError(f"{a_path}: an 8-bit RGB image, but data.bands asks for {list(bands)}; unset data.bands "
@@ -306,7 +322,8 @@ def read_pair(base: Path, name: str, need_label: bool, bands: tuple[str | int, .
     if before.shape != after.shape:
         raise DataError(f"{b_path}: {after.shape[2]}x{after.shape[1]} but its A is "
                         f"{before.shape[2]}x{before.shape[1]}; A and B of a pair must have one size")
-    label = _label_on(label_path, before.shape[1:], f"its A {a_path.name}")
+    h, w = before.shape[1:]
+    label = _label_on(label_path, Grid(None, Affine.identity(), w, h), f"its A {a_path.name}")
     return PairInput(name, DecodedImage(before, str(a_path)), DecodedImage(after, str(b_path)), label, base)
 
 

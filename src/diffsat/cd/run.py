@@ -38,7 +38,8 @@ from ..rundir import (
     STATE_FILE,
     committed_checkpoints,
 )
-from ..data.bands import load_normalisation, make_normalisation, save_normalisation
+from ..data.bands import make_normalisation
+from ..rundir.bands import load_run_normalisation, save_run_normalisation
 from ..geo.normalise import BandNormalisation
 from ..geo.render import render_rgb, rgb_indices
 from ..geo.write import write_polygons
@@ -46,7 +47,7 @@ from .config import CDConfig, CDDataConfig, PairSource, load_cd_config, save_cd_
 from .methods import Method, build_method
 from .metrics import Accumulator
 from .outputs import FIGURE_PIXELS, GeoOutput, pair_figure, png_name, save_mask, save_png, save_probability
-from .pairs import PairInput, check_bands, load_pairs, read_label
+from .pairs import IGNORE, PairInput, check_bands, load_pairs, read_label
 from .predict import ArrayOutput, ConfusionOutput, fan_out, predict
 from .train import load_best, train_head
 
@@ -149,7 +150,7 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
     train, val = [p.load(norm) for p in train_inputs], [p.load(norm) for p in val_inputs]
     run_dir.mkdir(parents=True, exist_ok=True)
     save_cd_config(cfg, run_dir / CONFIG_FILE)
-    save_normalisation(norm, run_dir)
+    save_run_normalisation(norm, run_dir)
     doc = {"split": {"train": [p.name for p in train], "val": [p.name for p in val], "test": [p.name for p in test]},
            "bands": list(norm.names), "normalisation": norm.detail, "methods": {}}
     for name in (cfg.head.kind, *cfg.head.compare):
@@ -188,7 +189,7 @@ def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, li
     name = method_name or cfg.head.kind
     if name not in (cfg.head.kind, *cfg.head.compare):
         raise DataError(f"{run_dir}: holds no method '{name}' (it trained {', '.join((cfg.head.kind, *cfg.head.compare))})")
-    norm = load_normalisation(run_dir, default_names=("red", "green", "blue"))
+    norm = load_run_normalisation(run_dir, default_names=("red", "green", "blue"))
     source = PairSource(root=str(pairs_root), list=list_name, names=names)
     pair_set = load_pairs([source], need_labels=False, what="pairs", bands=cfg.data.bands)
     for pair in pair_set.pairs:
@@ -207,8 +208,9 @@ def _label_files(folder: Path) -> dict[str, Path]:
 
 
 def evaluate_masks(pred_dir: str | Path, labels: str | Path) -> dict:
-    """Scores of the masks in ``pred_dir`` (0/255 PNGs named as the inputs) against ``labels`` (a folder of
-    change masks, or a pair folder holding ``label/``), matched by file stem; one confusion matrix."""
+    """Scores of the masks in ``pred_dir`` (0/255 PNGs or GeoTIFF masks, named as the inputs) against
+    ``labels`` (a folder of change masks, or a pair folder holding ``label/``), matched by file stem; one
+    confusion matrix over the pixels valid in both."""
     pred_dir, labels = Path(pred_dir), Path(labels)
     for folder, what in ((pred_dir, "prediction"), (labels, "label")):
         if not folder.is_dir():
@@ -228,7 +230,8 @@ def evaluate_masks(pred_dir: str | Path, labels: str | Path) -> dict:
             raise DataError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
         if pred.shape != truth.shape:
             raise DataError(f"{path}: {pred.shape[1]}x{pred.shape[0]} but its label is {truth.shape[1]}x{truth.shape[0]}")
-        acc.add(path.name, pred, truth)
+        keep = (pred != IGNORE) & (truth != IGNORE)
+        acc.add(path.name, pred[keep], truth[keep])
     unused = len(set(truths) - set(predictions))
     if unused:
         warnings.warn(f"{labels}: {unused} label(s) without a prediction, not scored", stacklevel=2)

@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..rundir.bands import run_bands
     from ..errors import DiffsatError
+    from ..geo.render import rgb_indices
     from ..plots import plot_chain
     from ..sampling import chain_frames
 
@@ -38,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
                                      labels=args.label, encoder=loaded.encoder)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{settings.describe()}, seed {args.seed}"
-    plot_chain(frames, fractions, args.out, title=title)
+    bands = run_bands(args.checkpoint) if Path(args.checkpoint).is_dir() else None
+    plot_chain(frames, fractions, args.out, title=title, rgb=rgb_indices(bands) if bands else None)
     print(f"chain of {args.n} sample(s), {args.frames} frames -> {args.out}")
     return 0

@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = add_parser(
         subparsers,
         "sample",
-        "Generate images: one PNG per sample plus a grid.",
+        "Generate images: one PNG per sample (a GeoTIFF for a multispectral model) plus a grid.",
         "diffsat sample runs/mnist --out samples/mnist --n 500 --seed 0",
     )
     add_model_arguments(p)
@@ -92,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..rundir.bands import run_bands
     from ..sample_folder import write_sample_folder
     from ..sampling import class_labels, generate
 
@@ -103,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                       labels=args.label, schedule=loaded.schedule)
     seconds = time.perf_counter() - start
     labels = class_labels(config, args.n, settings, args.label)[0]  # None for an unconditional model
-    write_sample_folder(images, args.out, labels, grid=args.grid)
+    bands = run_bands(args.checkpoint) if Path(args.checkpoint).is_dir() else None
+    write_sample_folder(images, args.out, labels, grid=args.grid, bands=bands)
     print(f"{args.n} images in {seconds:.1f} s ({seconds / args.n:.3f} s/image) -> {args.out}")
     return 0

@@ -15,6 +15,7 @@ import torch
 from diffsat.config import DataConfig
 from diffsat.data.transforms import crop, to_model_range
 from diffsat.errors import DiffsatError
+from diffsat.geo.normalise import BandNormalisation
 
 
 class DataError(DiffsatError):
@@ -32,6 +33,8 @@ class ImageDataset:
     ``labels``: ``(N,)`` int64 class indices, or ``None`` when the source has no classes.
     ``source``: human-readable description of where the images came from (logged into run directories).
     ``class_names``: optional names of the label indices (``class_names[label]``), or ``None``.
+    ``normalisation``: for raster tiles, the per-band map that made them (:mod:`diffsat.geo.normalise`),
+    which the run stores; ``None`` for 8-bit images and MNIST.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class ImageDataset:
         labels: torch.Tensor | None,
         source: str,
         class_names: tuple[str, ...] | None = None,
+        normalisation: BandNormalisation | None = None,
     ) -> None:
         x = images
         if x.ndim != 4 or x.dtype not in (torch.float32, torch.uint8) or x.shape[-1] != x.shape[-2]:
@@ -57,6 +61,7 @@ class ImageDataset:
         self.labels = labels
         self.source = source
         self.class_names = class_names
+        self.normalisation = normalisation
         self._float: torch.Tensor | None = None
 
     @property

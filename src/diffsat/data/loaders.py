@@ -9,11 +9,13 @@ from diffsat.data.dataset import DataError, ImageDataset
 from diffsat.data.folder import load_image_folder
 from diffsat.data.levir import load_levir
 from diffsat.data.mnist import load_mnist_dataset
+from diffsat.data.rasters import load_raster_tiles
 
 LOADERS: dict[str, Callable[[DataConfig], ImageDataset]] = {
     "mnist": load_mnist_dataset,
     "folder": load_image_folder,
     "levir": load_levir,
+    "rasters": load_raster_tiles,
 }
 
 

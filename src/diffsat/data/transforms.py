@@ -29,9 +29,21 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return x.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """Images ``(N, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(N, H, W, C)`` (the layout image files use)."""
-    return to_uint8(images).transpose(0, 2, 3, 1)
+def displayable(images: torch.Tensor, rgb: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, 1 or 3, H, W)``: grey and RGB images as they are; multispectral images as
+    the bands ``rgb`` (default the first three; a 2-band image: its first band, grey)."""
+    c = images.shape[1]
+    if c in (1, 3):
+        return images
+    if c == 2:
+        return images[:, :1]
+    return images[:, list(rgb or (0, 1, 2))]
+
+
+def to_uint8_hwc(images: torch.Tensor, rgb: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Images ``(N, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(N, H, W, C')`` (the layout image files use; C' = C
+    for grey and RGB, else the 3 bands of :func:`displayable`)."""
+    return to_uint8(displayable(images, rgb)).transpose(0, 2, 3, 1)
 
 
 def to_model_range(images: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from diffsat.data.folder import (
 from diffsat.data.mnist import load_mnist_idx, resize_digits, resolve_mnist_source
 from diffsat.data.tiles import DECODE_ERRORS
 from diffsat.data.transforms import to_unit_range
+from diffsat.geo.raster import RASTER_SUFFIXES, RasterError, open_raster
 from diffsat.errors import DiffsatError
 from diffsat.progress import progress_bar
 from diffsat.rundir import is_run_dir, load_run_config
@@ -168,16 +169,49 @@ def load_samples(path: str | Path, limit: int | None = None, split: str = "train
             f"SAMPLES '{root}': no image files ({' '.join(sorted(IMAGE_SUFFIXES))}) found; "
             "point it at the folder `diffsat sample --out` wrote"
         )
-    width, height = _check_one_size(files, root)
-    channels, size = _channels_of(files[0]), min(width, height)
-    pixels = _decode(files, channels, size, "samples")
-    crop = "" if width == height else f", centre-cropped from {width}x{height}"
     try:
         labels = read_sample_labels(root, files)
     except SampleFolderError as err:
         raise EvaluationError(str(err)) from None
+    if files[0].suffix.lower() in RASTER_SUFFIXES and _raster_dtype(files[0]) != "uint8":
+        images = _read_raster_samples(files, root)
+        return ImageSet(images, labels, f"raster folder {root} ({len(files)} files, {images.shape[1]} bands "
+                                        f"{images.shape[-1]} px, model range)")
+    width, height = _check_one_size(files, root)
+    channels, size = _channels_of(files[0]), min(width, height)
+    pixels = _decode(files, channels, size, "samples")
+    crop = "" if width == height else f", centre-cropped from {width}x{height}"
     return ImageSet(to_unit_range(pixels), labels,
                     f"image folder {root} ({len(files)} files, {'grey' if channels == 1 else 'RGB'} {size} px{crop})")
+
+
+def _raster_dtype(path: Path) -> str:
+    try:
+        with open_raster(path) as ds:
+            return ds.dtypes[0]
+    except RasterError as err:
+        raise EvaluationError(str(err)) from None
+
+
+def _read_raster_samples(files: list[Path], root: Path) -> torch.Tensor:
+    """Multispectral samples (float GeoTIFFs in the model range, as ``diffsat sample`` writes them):
+    float32 ``(N, C, S, S)``; files of other shapes are an error naming the file."""
+    arrays = []
+    with progress_bar(len(files), "reading samples", unit="img", enabled=len(files) > 500) as bar:
+        for path in files:
+            try:
+                with open_raster(path) as ds:
+                    array = ds.read().astype(np.float32)
+            except RasterError as err:
+                raise EvaluationError(str(err)) from None
+            if arrays and array.shape != arrays[0].shape:
+                raise EvaluationError(f"{path}: {array.shape} but {files[0].name} is {arrays[0].shape}; evaluate one "
+                                      "model's samples at one size and band count per folder")
+            if array.shape[1] != array.shape[2]:
+                raise EvaluationError(f"{path}: {array.shape[2]}x{array.shape[1]}, not square; samples are square")
+            arrays.append(array)
+            bar.update(1)
+    return torch.from_numpy(np.stack(arrays))
 
 
 def _first(images: torch.Tensor, labels: torch.Tensor | None, limit: int | None):

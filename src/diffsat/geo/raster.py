@@ -40,6 +40,9 @@ SENTINEL2_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A"
 """Sentinel-2 MSI band names in wavelength order (B8A after B08), the order a folder of band files takes."""
 _BAND_CODE = re.compile(r"(?:^|[_-])(B\d{1,2}A?)$", re.IGNORECASE)
 RESAMPLING = {"bilinear": Resampling.bilinear, "nearest": Resampling.nearest}
+GDAL_CACHE_BYTES = 128 << 20
+"""GDAL's block cache while a stack is read (its default, 5 % of the machine's memory, would let a scene read
+window by window fill that much memory). rasterio passes the value to GDAL in bytes."""
 
 
 class RasterError(DiffsatError):
@@ -245,6 +248,7 @@ class StackReader:
     def __init__(self, stack: BandStack, exits: ExitStack) -> None:
         self.stack = stack
         self._sources: dict[Path, tuple[Any, tuple[int, int] | None]] = {}
+        exits.enter_context(rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES))
         for band in stack.bands:
             if band.path in self._sources:
                 continue
@@ -282,8 +286,11 @@ class StackReader:
             ds, offset = self._sources[band.path]
             win = window if offset is None else Window(window.col_off - offset[1], window.row_off - offset[0],
                                                        window.width, window.height)
-            try:
-                data = ds.read(band.index, window=win, out_shape=shape, masked=True, boundless=offset is not None,
+            outside = offset is not None and not (win.col_off >= 0 and win.row_off >= 0 and
+                                                  win.col_off + win.width <= ds.width and
+                                                  win.row_off + win.height <= ds.height)
+            try:  # a boundless read costs a VRT per call: only for windows that leave the file
+                data = ds.read(band.index, window=win, out_shape=shape, masked=True, boundless=outside,
                                resampling=Resampling.nearest)
             except RasterioError as err:
                 raise RasterError(f"{band.path}: read failed ({error_text(err)}); the file is damaged or "

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,11 +22,10 @@ from typing import Any
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
-from rasterio.features import shapes
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.features import geometry_mask, shapes
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from scipy import ndimage
 
 from diffsat.fileio import atomic_write_text
 from diffsat.geo.raster import Grid, RasterError, error_text, grid_of, open_raster
@@ -52,7 +53,9 @@ class GeoTiffWriter:
     def __enter__(self) -> "GeoTiffWriter":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._dataset = rasterio.open(self._tmp, "w", **self.profile)
+            with warnings.catch_warnings():  # an image without georeferencing (samples) is written as such
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self._dataset = rasterio.open(self._tmp, "w", **self.profile)
         except RasterioError as err:
             raise RasterError(f"{self.path}: cannot be written ({error_text(err)}); check the folder") from None
         for i, name in enumerate(self.descriptions or (), start=1):
@@ -107,23 +110,26 @@ def change_polygons(mask_path: str | Path, probability_path: str | Path | None =
                     wgs84: bool = False) -> dict[str, Any]:
     """A GeoJSON FeatureCollection of the changed regions (value 1) of a mask GeoTIFF, in its CRS (or EPSG:4326
     with ``wgs84``). Properties: ``id``, ``pixels``, ``area_m2`` (None without a CRS) and
-    ``mean_probability`` (from the probability GeoTIFF on the same grid, when given)."""
-    with open_raster(mask_path) as ds:
-        grid, mask = grid_of(ds), ds.read(1) == 1
-    labels, count = ndimage.label(mask)
-    labels = labels.astype(np.int32)
-    pixels = np.bincount(labels.ravel(), minlength=count + 1)
-    means = _component_means(probability_path, labels, count) if probability_path else None
-    equal_area = equal_area_crs(grid) if grid.crs is not None else None
-    features = []
-    for geom, value in shapes(labels, mask=labels > 0, connectivity=4, transform=grid.transform):
-        i = int(value)
-        area = polygon_area(geom, grid.crs, equal_area) if equal_area is not None else None
-        out_geom = transform_geom(grid.crs, WGS84, geom) if wgs84 and grid.crs is not None else geom
-        features.append({"type": "Feature", "geometry": out_geom,
-                         "properties": {"id": i, "pixels": int(pixels[i]), "area_m2": area,
-                                        "mean_probability": None if means is None else float(means[i])}})
-    features.sort(key=lambda f: f["properties"]["id"])
+    ``mean_probability`` (from the probability GeoTIFF on the same grid, when given). GDAL traces the regions
+    from the file itself and each polygon's statistics are read in its bounding box, so memory follows the
+    largest region, not the scene."""
+    with open_raster(mask_path) as ds, ExitStack() as stack:
+        grid = grid_of(ds)
+        prob = stack.enter_context(open_raster(probability_path)) if probability_path else None
+        if prob is not None and (prob.height, prob.width) != (ds.height, ds.width):
+            raise RasterError(f"{probability_path}: {prob.width}x{prob.height} but the mask is {ds.width}x{ds.height}")
+        equal_area = equal_area_crs(grid) if grid.crs is not None else None
+        features = []
+        for geom, value in shapes(rasterio.band(ds, 1), connectivity=4, transform=grid.transform):
+            if int(value) != 1:
+                continue
+            window, inside = _footprint(ds, geom)
+            mean = None if prob is None else float(prob.read(1, window=window)[inside].mean())
+            area = polygon_area(geom, grid.crs, equal_area) if equal_area is not None else None
+            out_geom = transform_geom(grid.crs, WGS84, geom) if wgs84 and grid.crs is not None else geom
+            features.append({"type": "Feature", "geometry": out_geom,
+                             "properties": {"id": len(features) + 1, "pixels": int(inside.sum()), "area_m2": area,
+                                            "mean_probability": mean}})
     doc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     crs = WGS84 if wgs84 else grid.crs
     if crs is not None and crs != WGS84:
@@ -131,17 +137,16 @@ def change_polygons(mask_path: str | Path, probability_path: str | Path | None =
     return doc
 
 
-def _component_means(path: str | Path, labels: np.ndarray, count: int) -> np.ndarray:
-    """Mean of the raster at ``path`` over each label ``0..count``, read in row blocks."""
-    sums = np.zeros(count + 1, dtype=np.float64)
-    with open_raster(path) as ds:
-        if (ds.height, ds.width) != labels.shape:
-            raise RasterError(f"{path}: {ds.width}x{ds.height} but the mask is {labels.shape[1]}x{labels.shape[0]}")
-        for row in range(0, ds.height, BLOCK):
-            h = min(BLOCK, ds.height - row)
-            block = ds.read(1, window=Window(0, row, ds.width, h)).astype(np.float64)
-            sums += np.bincount(labels[row : row + h].ravel(), weights=block.ravel(), minlength=count + 1)
-    return sums / np.maximum(np.bincount(labels.ravel(), minlength=count + 1), 1)
+def _footprint(ds: Any, geom: dict) -> tuple[Window, np.ndarray]:
+    """The pixel window of a polygon's bounding box and the polygon's pixels in it (bool)."""
+    xs, ys = zip(*geom["coordinates"][0])
+    rows, cols = rasterio.transform.rowcol(ds.transform, [min(xs), max(xs)], [max(ys), min(ys)], op=round)
+    r0, r1 = max(0, min(rows)), min(ds.height, max(rows))
+    c0, c1 = max(0, min(cols)), min(ds.width, max(cols))
+    window = Window(c0, r0, max(1, c1 - c0), max(1, r1 - r0))
+    inside = geometry_mask([geom], out_shape=(int(window.height), int(window.width)),
+                           transform=ds.window_transform(window), invert=True)
+    return window, inside
 
 
 def write_polygons(path: str | Path, mask_path: str | Path, probability_path: str | Path | None = None,

@@ -26,6 +26,8 @@ from ..evaluation.during_training import TrainingEvaluator, make_training_evalua
 from ..models.encoders import PIXELS, AutoencoderLatents, Encoder
 from ..models.unet import build_unet
 from ..sample_folder import grid_scale, save_grid
+from ..geo.render import rgb_indices
+from ..rundir.bands import save_run_normalisation
 from ..sampling import SampleSettings, generate
 from ..seeding import step_generator
 from .batches import BatchSource, PixelBatches, latent_batches, step_batch
@@ -87,6 +89,8 @@ class DiffusionTask(TaskDefaults):
         self.encoder = rundir.run_encoder(self.config).to(ctx.device)
         if self.dataset is None:
             self.dataset = load_dataset(self.config.data)
+        if self.dataset.normalisation is not None and ctx.dist.is_main:
+            save_run_normalisation(self.dataset.normalisation, ctx.run_dir)
         self.batches = self._batch_source()
         self.labels = training_labels(self.dataset, self.num_classes, self.config.data)
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
@@ -138,7 +142,9 @@ class DiffusionTask(TaskDefaults):
 
     def preview(self, nets: Nets, path: Path) -> torch.Tensor:
         images = self.samples(nets.ema, PREVIEW_SAMPLES, nets.bf16)
-        save_grid(images, path, scale=grid_scale(self.config.data.image_size))
+        norm = self.dataset.normalisation
+        rgb = rgb_indices(norm.names) if norm is not None else None
+        save_grid(images, path, scale=grid_scale(self.config.data.image_size), rgb=rgb)
         return images
 
     def evaluate(self, nets: Nets) -> dict[str, float]:
