@@ -35,6 +35,7 @@ from ..rundir import (
     CD_TEST_DIR,
     CD_TEST_METRICS_FILE,
     CONFIG_FILE,
+    NORMALISATION_FILE,
     STATE_FILE,
     committed_checkpoints,
 )
@@ -143,8 +144,11 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
     if not train_inputs:
         raise DataError("data.train lists no pair source: a change-detection run needs training pairs")
     val_inputs, test = _inputs(cfg.data.val, cfg.data, "validation pairs"), _inputs(cfg.data.test, cfg.data, "test pairs")
-    norm = make_normalisation(cfg.data.normalisation, [im for p in train_inputs for im in (p.before, p.after)],
-                              progress)
+    if resume and (run_dir / NORMALISATION_FILE).is_file():  # the map the run began with
+        norm = load_run_normalisation(run_dir)
+    else:
+        norm = make_normalisation(cfg.data.normalisation, [im for p in train_inputs for im in (p.before, p.after)],
+                                  progress)
     for pair in train_inputs + val_inputs + test:
         check_bands(norm, pair)
     train, val = [p.load(norm) for p in train_inputs], [p.load(norm) for p in val_inputs]

@@ -174,7 +174,7 @@ def load_samples(path: str | Path, limit: int | None = None, split: str = "train
     except SampleFolderError as err:
         raise EvaluationError(str(err)) from None
     if files[0].suffix.lower() in RASTER_SUFFIXES and _raster_dtype(files[0]) != "uint8":
-        images = _read_raster_samples(files, root)
+        images = _read_raster_samples(files)
         return ImageSet(images, labels, f"raster folder {root} ({len(files)} files, {images.shape[1]} bands "
                                         f"{images.shape[-1]} px, model range)")
     width, height = _check_one_size(files, root)
@@ -193,7 +193,7 @@ def _raster_dtype(path: Path) -> str:
         raise EvaluationError(str(err)) from None
 
 
-def _read_raster_samples(files: list[Path], root: Path) -> torch.Tensor:
+def _read_raster_samples(files: list[Path]) -> torch.Tensor:
     """Multispectral samples (float GeoTIFFs in the model range, as ``diffsat sample`` writes them):
     float32 ``(N, C, S, S)``; files of other shapes are an error naming the file."""
     arrays = []

@@ -238,6 +238,9 @@ def evaluate(
     baseline; see the module docstring. All sets share channels and size. ``classifier`` is required for
     digits; ``inception`` adds Inception FID/KID/precision/recall."""
     _check_counts(samples, reference, train)
+    if inception is not None and samples.channels not in (1, 3):
+        raise EvaluationError(f"{samples.source}: {samples.channels} bands, but Inception features need grey or RGB "
+                              "images; evaluate without --inception (SWD takes any band count)")
     kind = resolve_kind(settings.kind, samples.channels)
     base_idx, eval_idx = split_reference(len(reference), len(samples), settings.seed)
     base, ref, x = reference.images[base_idx], reference.images[eval_idx], samples.images
