@@ -211,6 +211,16 @@ class TrainConfig(_Section):
     """Also log to TensorBoard under RUN_DIR/tensorboard (needs ``pip install "diffsat[tensorboard]"``)."""
     eval_samples: int = Field(200, ge=2)
     """EMA samples drawn (``sample_steps`` ancestral steps) for each evaluation."""
+    init_from: str | None = None
+    """Start from these weights instead of random ones (shapes checked against ``model``): a diffsat run
+    directory (its EMA weights), a ``.safetensors`` weights file or a DDPM-CD / SR3 ``*_gen.pth`` (both with
+    ``init_from_config``). Recorded in the run's config; ``--resume`` continues from the run's own checkpoint."""
+    init_from_config: str | None = None
+    """The config of an ``init_from`` weights file (ours, or the DDPM-CD / SR3 JSON it came with)."""
+    freeze: tuple[str, ...] = ()
+    """U-Net parts kept as they are (no gradient, no update): ``noise_embedding`` (the noise-level MLP and
+    class embedding), ``encoder`` (the first convolution and the down path), ``middle``, ``decoder`` (the up
+    path and the last block), or parameter-name prefixes (``downs.0``)."""
     seed: int = 0
 
 
@@ -284,6 +294,9 @@ class AutoencoderRunConfig(_Section):
         if d.image_size % a.factor:
             raise ValueError(f"data.image_size ({d.image_size}) must be a multiple of the autoencoder's "
                              f"downsampling factor {a.factor} (2 ** (len(channel_mults) - 1))")
+        if self.train.init_from is not None or self.train.freeze:
+            raise ValueError("train.init_from and train.freeze apply to diffusion runs; an autoencoder run trains "
+                             "from random weights")
         decoded = d.image_size - 2 * self.loss.interior_margin * a.factor
         if decoded < (11 if self.loss.ssim_weight else 1):
             raise ValueError(f"loss.interior_margin ({self.loss.interior_margin}) leaves a {decoded} px interior of "

@@ -24,13 +24,14 @@ from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
 from ..models.encoders import PIXELS, AutoencoderLatents, Encoder
-from ..models.unet import build_unet
-from ..sample_folder import grid_scale, save_grid
 from ..geo.render import rgb_indices
+from ..models.unet import build_unet
 from ..rundir.bands import save_run_normalisation
+from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
 from ..seeding import step_generator
 from .batches import BatchSource, PixelBatches, latent_batches, step_batch
+from .init import freeze, initialise_from
 from .task import Nets, TaskContext, TaskDefaults, Terms
 
 GRID_SEED = 1234
@@ -110,7 +111,14 @@ class DiffusionTask(TaskDefaults):
         return self.batches.setup_s
 
     def build_network(self) -> nn.Module:
-        return build_unet(self.config.model)
+        """The U-Net of ``model``: random weights, or ``train.init_from``'s, with ``train.freeze`` frozen."""
+        net = build_unet(self.config.model)
+        tc = self.config.train
+        if tc.init_from is not None:
+            initialise_from(net, tc.init_from, tc.init_from_config)
+        if tc.freeze:
+            freeze(net, tc.freeze)
+        return net
 
     def input_shape(self, batch_size: int) -> tuple[int, int, int, int]:
         m = self.config.model
