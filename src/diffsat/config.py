@@ -315,7 +315,16 @@ class LatentConfig(_Section):
     when the config is used: :func:`diffsat.rundir.load_autoencoder`)."""
 
     autoencoder: str
-    """Run directory of an autoencoder trained with ``diffsat train`` (its EMA weights are used, frozen)."""
+    """Run directory of an autoencoder trained with ``diffsat train`` (its EMA weights are used, frozen), or a
+    pretrained TAESD-family autoencoder: a folder holding ``<name>_encoder.pth`` and ``<name>_decoder.pth``
+    (or ``folder/<name>``), e.g. ``../shared/weights/taesd`` for TAEF2 (f = 8, 32 latent channels)."""
+    variant: Literal["taesd", "taesdxl", "taesd3", "taef1", "taef2"] | None = None
+    """A TAESD-family autoencoder's variant, checked against its files (``None``: recognised from them)."""
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    """A TAESD-family first stage: per-channel mean and standard deviation of its latents of the training
+    tiles, which the U-Net sees normalised to unit variance. ``None``: computed when training starts and
+    written into the run's config (a diffsat autoencoder run keeps its own in its weights)."""
 
 
 class Config(_Section):

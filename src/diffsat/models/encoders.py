@@ -5,6 +5,8 @@ become images.
 - :class:`AutoencoderLatents`: a frozen :class:`~diffsat.models.autoencoder.Autoencoder`; the diffusion model
   draws its normalised latents (per-channel unit variance), which :meth:`AutoencoderLatents.decode` turns
   into images.
+- :class:`TaesdLatents`: a frozen pretrained TAESD-family autoencoder (:mod:`diffsat.models.taesd`), its
+  latents normalised by per-channel statistics of the training tiles (:func:`latent_statistics`).
 
 The diffusion task encodes its training data through the encoder and generation decodes through it, so no
 other module asks whether a run is latent. Shapes: images ``(N, C, H, W)`` float32 in [-1, 1]; latents
@@ -13,7 +15,7 @@ other module asks whether a run is latent. Shapes: images ``(N, C, H, W)`` float
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 from ..precision import Precision, autocast, resolve_precision
 from .autoencoder import Autoencoder, interior
+from .taesd import TaesdAutoencoder
 
 DECODE_PAD = 2
 """Latent pixels of edge padding decoded around a sampled latent and cropped away, for a decoder trained on
@@ -123,3 +126,70 @@ class AutoencoderLatents:
         shape = self.padded_shape(min(batch, DECODE_BATCH), latent_shape)
         say = None if announce is None else (lambda line: announce(f"decoding: {line}"))
         return resolve_precision(precision, self.autoencoder.decoder, shape, device, with_level=False, announce=say)
+
+
+def latent_statistics(autoencoder: TaesdAutoencoder, batches: Iterable[torch.Tensor],
+                      bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation (float32 ``(L,)`` each) of the raw latents of the image
+    ``batches`` (each ``(B, 3, H, W)`` in [-1, 1]; float64 sums over every latent pixel)."""
+    device = next(autoencoder.parameters()).device
+    total = sq = None
+    count = 0
+    with torch.inference_mode():
+        for chunk in batches:
+            with autocast(device, bf16):
+                z = autoencoder.encode(chunk.to(device, torch.float32)).double()
+            s, q = z.sum(dim=(0, 2, 3)), (z * z).sum(dim=(0, 2, 3))
+            total, sq = (s, q) if total is None else (total + s, sq + q)
+            count += z.numel() // z.shape[1]
+    if total is None:
+        raise ValueError("latent_statistics needs at least one batch of images")
+    mean = total / count
+    std = (sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return mean.float().cpu(), std.float().cpu()
+
+
+class TaesdLatents:
+    """The latents of a frozen TAESD-family ``autoencoder``, normalised as ``(z - mean) / std`` per channel
+    (``mean``, ``std``: float32 ``(L,)``, from :func:`latent_statistics` of the training tiles)."""
+
+    def __init__(self, autoencoder: TaesdAutoencoder, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.factor = autoencoder.factor
+        self.mean, self.std = mean.float().reshape(1, -1, 1, 1), std.float().reshape(1, -1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.autoencoder.parameters()).device
+
+    def to(self, device: torch.device) -> "TaesdLatents":
+        self.autoencoder.to(device)
+        return self
+
+    def encode(self, images: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+        """Images ``(N, 3, H, W)`` in [-1, 1] -> normalised latents ``(N, L, H/8, W/8)`` float32."""
+        with torch.inference_mode(), autocast(images.device, bf16):
+            z = self.autoencoder.encode(images.contiguous())
+        return (z.float() - self.mean.to(z.device)) / self.std.to(z.device)
+
+    def decode(self, latents: torch.Tensor, bf16: bool = False, batch_size: int = DECODE_BATCH) -> torch.Tensor:
+        """Normalised latents -> images float32 in [-1, 1] (clamped), on the CPU, ``batch_size`` at a time."""
+        device, out = self.device, []
+        mean, std = self.mean.to(device), self.std.to(device)
+        with torch.inference_mode():
+            for chunk in latents.split(batch_size):
+                z = chunk.to(device, torch.float32) * std + mean
+                with autocast(device, bf16):
+                    images = self.autoencoder.decode(z).float()
+                out.append(images.clamp(-1, 1).cpu())
+        return torch.cat(out)
+
+    def decode_precision(self, precision: Precision, latent_shape: tuple[int, ...], batch: int,
+                         device: torch.device, announce: Callable[[str], None] | None) -> bool:
+        shape = (min(batch, DECODE_BATCH), *latent_shape)
+        say = None if announce is None else (lambda line: announce(f"decoding: {line}"))
+        return resolve_precision(precision, self.autoencoder.decoder, shape, device, with_level=False, announce=say)
+
+
+LatentEncoder = AutoencoderLatents | TaesdLatents
+"""The encoders whose latents a latent run caches (:mod:`diffsat.training.batches`)."""

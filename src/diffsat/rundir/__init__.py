@@ -61,10 +61,12 @@ from .loading import (
     LoadedAutoencoder,
     LoadedModel,
     check_latent_shapes,
+    is_taesd_source,
     load_any_run_config,
     load_autoencoder,
     load_model,
     load_run_config,
+    load_taesd_for,
     random_model,
     run_encoder,
 )
@@ -119,6 +121,7 @@ __all__ = [
     "convert_checkpoint", "export_weights", "grid_path", "is_run_dir", "load_any_run_config", "load_autoencoder",
     "load_model", "load_run_config", "load_state_into", "load_train_state", "periodic_grids", "random_model",
     "read_checkpoint", "read_metrics", "read_safetensors", "remove_uncommitted", "resume_checkpoint", "run_encoder",
+    "is_taesd_source", "load_taesd_for",
     "run_file",
     "safe_torch_load", "save_checkpoint", "schedule_from_buffers", "set_aside_newer", "step_dir",
 ]

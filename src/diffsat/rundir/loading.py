@@ -23,11 +23,13 @@ from ..ddpmcd import to_our_keys
 from ..diffusion.schedules import NoiseSchedule
 from ..errors import CheckpointError, ConfigError
 from ..models.autoencoder import Autoencoder, build_autoencoder
-from ..models.encoders import DECODE_PAD, PIXELS, AutoencoderLatents, Encoder
+from ..models.encoders import DECODE_PAD, PIXELS, AutoencoderLatents, Encoder, TaesdLatents
+from ..models.taesd import TaesdAutoencoder
 from ..models.unet import build_unet
 from .checkpoints import _run_weights
 from .names import CONFIG_FILE, EMA_FILE, SCHEDULE_FILE, run_file
 from .reading import _existing_file, read_checkpoint
+from .taesd import load_taesd, taesd_files
 from .schedules import compare_schedule, schedule_from_buffers
 from .state_dict import load_state_into
 
@@ -112,7 +114,8 @@ def _autoencoder_config(path: Path, named: str) -> AutoencoderRunConfig:
     if not config_file.is_file():
         raise ConfigError(
             f"latent.autoencoder '{named}': no autoencoder run at {path} (a directory with config.json and weights "
-            "from `diffsat train` on an autoencoder config): train one there or correct the path")
+            "from `diffsat train` on an autoencoder config) and no TAESD-family weights (<name>_encoder.pth, "
+            "<name>_decoder.pth): train one there or correct the path")
     config = load_any_config(config_file)
     if not isinstance(config, AutoencoderRunConfig):
         raise ConfigError(f"latent.autoencoder '{named}': {path} is a diffusion run, not an autoencoder run: name "
@@ -150,13 +153,58 @@ def load_autoencoder(run_dir: str | Path, for_config: Config | None = None) -> L
     return LoadedAutoencoder(network.eval(), cfg, str(weights_path))
 
 
+def is_taesd_source(path: str | Path) -> bool:
+    """Whether ``latent.autoencoder`` names TAESD-family weights (``<name>_encoder`` / ``_decoder`` files)
+    rather than a diffsat autoencoder run."""
+    if (Path(path) / CONFIG_FILE).is_file():
+        return False
+    try:
+        taesd_files(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def check_taesd_shapes(cfg: Config, autoencoder: TaesdAutoencoder, path: str) -> None:
+    """One-line :class:`ConfigError` unless ``cfg``'s U-Net and data fit the TAESD-family ``autoencoder``."""
+    m, d, latent = cfg.model, cfg.data, autoencoder.latent_channels
+    if d.channels != 3 or d.image_size % autoencoder.factor:
+        raise ConfigError(f"latent.autoencoder {path} ({autoencoder.variant}) encodes RGB images whose sides are "
+                          f"multiples of 8: data.channels is {d.channels} and data.image_size {d.image_size}")
+    size = d.image_size // autoencoder.factor
+    if (m.in_channels, m.out_channels, m.image_size) != (latent, latent, size):
+        raise ConfigError(
+            f"latent.autoencoder {path} ({autoencoder.variant}) turns {d.image_size} px images into ({latent}, {size}, "
+            f"{size}) latents: set model.in_channels and model.out_channels to {latent} and model.image_size to "
+            f"{size} (they are {m.in_channels}, {m.out_channels} and {m.image_size})")
+
+
+def load_taesd_for(cfg: Config) -> TaesdAutoencoder:
+    """The TAESD-family autoencoder of ``cfg.latent`` (checked against the config)."""
+    assert cfg.latent is not None
+    autoencoder = load_taesd(cfg.latent.autoencoder, cfg.latent.variant)
+    check_taesd_shapes(cfg, autoencoder, cfg.latent.autoencoder)
+    return autoencoder
+
+
 def run_encoder(cfg: Config) -> Encoder:
     """What ``cfg``'s network draws: :data:`~diffsat.models.encoders.PIXELS`, or for a latent diffusion config
-    the latents of its ``latent.autoencoder`` run (checked against the config: :func:`load_autoencoder`). The
-    one place that reads ``cfg.latent``."""
+    the latents of its ``latent.autoencoder``: a diffsat autoencoder run (checked against the config:
+    :func:`load_autoencoder`) or TAESD-family weights with the config's latent statistics. The one place that
+    reads ``cfg.latent``."""
     if cfg.latent is None:
         return PIXELS
-    return load_autoencoder(cfg.latent.autoencoder, cfg).encoder()
+    if not is_taesd_source(cfg.latent.autoencoder):
+        return load_autoencoder(cfg.latent.autoencoder, cfg).encoder()
+    autoencoder = load_taesd_for(cfg)
+    mean, std = cfg.latent.mean, cfg.latent.std
+    if mean is None or std is None:
+        raise ConfigError(f"latent.autoencoder {cfg.latent.autoencoder}: latent.mean and latent.std are unset; "
+                          "they are computed when a run trains: sample from the run directory, not its source config")
+    if len(mean) != autoencoder.latent_channels or len(std) != autoencoder.latent_channels:
+        raise ConfigError(f"latent.mean / latent.std: {len(mean)} / {len(std)} values for the "
+                          f"{autoencoder.latent_channels} latent channels of {cfg.latent.autoencoder}")
+    return TaesdLatents(autoencoder, torch.tensor(mean), torch.tensor(std))
 
 
 def load_model(checkpoint: str | Path, config: Config | str | Path | None = None, *, ema: bool = True) -> LoadedModel:

@@ -8,10 +8,11 @@ Latent runs: the encoder does not commute with flips and quarter turns, so each 
 under each distinct view the data config's augmentation can make (:func:`distinct_views`: 8 with ``hflip``
 and ``rot90``) and the normalised latents of all views are cached in the run directory
 (:data:`diffsat.rundir.LATENT_CACHE`, float16) by the run's encoder
-(:class:`~diffsat.models.encoders.AutoencoderLatents`). A step then draws a view per image and a crop of the latent:
+(:class:`~diffsat.models.encoders.AutoencoderLatents` or ``TaesdLatents``). A step then draws a view per image and
+a crop of the latent:
 a random crop of ``image_size / f`` latent pixels stands for the image crop at the same offset times ``f``
 (the encoder is convolutional: equal away from the tile's border). The cache is rebuilt when the
-autoencoder's weights, the data config, the tiles or the encoding precision change. The encoding runs under
+autoencoder's weights or latent statistics, the data config, the tiles or the encoding precision change. The encoding runs under
 bf16 autocast when ``train.precision`` says so (``auto``: when a timing of the encoder finds it faster), and
 its seconds count towards the run's ``train.time_limit_minutes`` (a batch source's ``setup_s``).
 """
@@ -35,7 +36,7 @@ from ..data import ImageDataset
 from ..data.transforms import Shard, augment, crop, randint_sharded, to_model_range
 from ..errors import ConfigError
 from ..fileio import atomic_write
-from ..models.encoders import AutoencoderLatents
+from ..models.encoders import LatentEncoder, TaesdLatents
 from ..precision import Precision, resolve_precision
 from ..seeding import batch_indices, step_generator
 from .distributed import DistContext
@@ -114,7 +115,7 @@ class LatentBatches:
         return crop(chosen, self.size, generator if self.random_crop else None, shard).float().contiguous()
 
 
-def encode_views(encoder: AutoencoderLatents, tiles: torch.Tensor, views: list[View],
+def encode_views(encoder: LatentEncoder, tiles: torch.Tensor, views: list[View],
                  batch_size: int = ENCODE_BATCH, progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """Normalised mean latents of every tile under every view: ``(N, V, L, H/f, W/f)`` float32 on the CPU.
 
@@ -144,10 +145,12 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _cache_key(encoder: AutoencoderLatents, dataset: ImageDataset, data: DataConfig, views: list[View],
+def _cache_key(encoder: LatentEncoder, dataset: ImageDataset, data: DataConfig, views: list[View],
                bf16: bool) -> str:
     tiles = dataset.tiles
-    return json.dumps({"autoencoder": weights_digest(encoder.autoencoder), "data": data.model_dump(mode="json"),
+    stats = [encoder.mean.flatten().tolist(), encoder.std.flatten().tolist()] if isinstance(encoder, TaesdLatents) else None
+    return json.dumps({"autoencoder": weights_digest(encoder.autoencoder), "latent_stats": stats,
+                       "data": data.model_dump(mode="json"),
                        "tiles": list(tiles.shape), "tiles_sum": float(tiles.sum(dtype=torch.float64)),
                        "views": [list(v) for v in views], "bf16": bf16}, sort_keys=True)
 
@@ -164,7 +167,7 @@ def _read_cache(path: Path, key: str) -> torch.Tensor | None:
         return None
 
 
-def cached_latents(encoder: AutoencoderLatents, dataset: ImageDataset, data: DataConfig, run_dir: Path,
+def cached_latents(encoder: LatentEncoder, dataset: ImageDataset, data: DataConfig, run_dir: Path,
                    progress: bool = True, bf16: bool = False) -> torch.Tensor:
     """The latents of ``dataset`` under ``data``'s views (:func:`encode_views`) as float16 values in a float32
     ``(N, V, L, h, w)`` tensor, read from the run's cache when it was made with the same autoencoder weights,
@@ -181,7 +184,7 @@ def cached_latents(encoder: AutoencoderLatents, dataset: ImageDataset, data: Dat
     return latents
 
 
-def encoding_bf16(encoder: AutoencoderLatents, tile_shape: tuple[int, ...], precision: Precision,
+def encoding_bf16(encoder: LatentEncoder, tile_shape: tuple[int, ...], precision: Precision,
                   dist: DistContext) -> bool:
     """Whether a latent run encodes under bf16 autocast: ``precision`` as :func:`diffsat.precision.resolve_precision`
     decides it for the encoder on ``(ENCODE_BATCH, *tile_shape)`` tiles, on rank 0 (every rank takes its choice)."""
@@ -191,7 +194,7 @@ def encoding_bf16(encoder: AutoencoderLatents, tile_shape: tuple[int, ...], prec
     return bool(dist.broadcast_from_main(int(choice)))
 
 
-def latent_batches(encoder: AutoencoderLatents, dataset: ImageDataset, config: Config, run_dir: Path,
+def latent_batches(encoder: LatentEncoder, dataset: ImageDataset, config: Config, run_dir: Path,
                    dist: DistContext, precision: Precision) -> LatentBatches:
     """The batch source of a latent run: rank 0 builds (or reads) the cache, then every rank reads it."""
     start = time.perf_counter()

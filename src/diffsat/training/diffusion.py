@@ -23,7 +23,8 @@ from ..data import DataError, ImageDataset, load_dataset
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
-from ..models.encoders import PIXELS, AutoencoderLatents, Encoder
+from ..data.transforms import to_model_range
+from ..models.encoders import PIXELS, Encoder, LatentEncoder, latent_statistics
 from ..geo.render import rgb_indices
 from ..models.unet import build_unet
 from ..rundir.bands import save_run_normalisation
@@ -69,6 +70,24 @@ class DiffusionBatch:
     labels: torch.Tensor | None
 
 
+STATS_TILES = 256
+"""A TAESD-family first stage's latent statistics come from at most this many training tiles, evenly spaced."""
+
+
+def with_latent_statistics(config: Config, dataset: ImageDataset, device: torch.device) -> Config:
+    """``config``, with ``latent.mean`` / ``latent.std`` of a TAESD-family first stage computed on ``dataset``'s
+    tiles when unset (:func:`~diffsat.models.encoders.latent_statistics`, at most :data:`STATS_TILES` tiles)."""
+    latent = config.latent
+    if latent is None or not rundir.is_taesd_source(latent.autoencoder) or latent.mean is not None:
+        return config
+    autoencoder = rundir.load_taesd_for(config).to(device)
+    step = max(1, len(dataset) // STATS_TILES)
+    tiles = dataset.tiles[::step][:STATS_TILES]
+    mean, std = latent_statistics(autoencoder, (to_model_range(t) for t in tiles.split(16)))
+    stats = latent.model_copy(update={"mean": tuple(mean.tolist()), "std": tuple(std.tolist())})
+    return config.model_copy(update={"latent": stats})
+
+
 class DiffusionTask(TaskDefaults):
     """Trains ``config``'s denoising network on ``dataset`` (default: ``config.data`` loaded)."""
 
@@ -87,9 +106,10 @@ class DiffusionTask(TaskDefaults):
 
     def setup(self, ctx: TaskContext) -> None:
         self.ctx = ctx
-        self.encoder = rundir.run_encoder(self.config).to(ctx.device)
         if self.dataset is None:
             self.dataset = load_dataset(self.config.data)
+        self.config = with_latent_statistics(self.config, self.dataset, ctx.device)
+        self.encoder = rundir.run_encoder(self.config).to(ctx.device)
         if self.dataset.normalisation is not None and ctx.dist.is_main:
             save_run_normalisation(self.dataset.normalisation, ctx.run_dir)
         self.batches = self._batch_source()
@@ -99,9 +119,13 @@ class DiffusionTask(TaskDefaults):
         if self.config.train.eval_every and ctx.dist.is_main:  # rank 0 alone evaluates
             self.evaluator = make_training_evaluator(self.config, self.dataset)
 
+    def run_config(self, config: Config) -> Config:
+        """The config the run keeps: ``config`` with the latent statistics computed at setup."""
+        return self.config
+
     def _batch_source(self) -> BatchSource:
         """The held tiles (augmented), or for a latent run their cached latents."""
-        if isinstance(self.encoder, AutoencoderLatents):
+        if isinstance(self.encoder, LatentEncoder):
             return latent_batches(self.encoder, self.dataset, self.config, self.ctx.run_dir, self.ctx.dist,
                                   self.ctx.precision)
         return PixelBatches(self.dataset.tiles.to(self.ctx.device), self.config.data)

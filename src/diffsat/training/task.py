@@ -96,6 +96,10 @@ class Task(Protocol):
     def finish(self, nets: Nets) -> None:
         """Write the task's final outputs into the run directory (rank 0)."""
 
+    def run_config(self, config: Any) -> Any:
+        """The config written to the run's ``config.json``: ``config`` with what setup resolved (e.g. a
+        latent run's latent statistics)."""
+
 
 class TaskDefaults:
     """No-op defaults of the optional parts of :class:`Task`, for tasks that declare fewer."""
@@ -122,3 +126,6 @@ class TaskDefaults:
 
     def finish(self, nets: Nets) -> None:
         return None
+
+    def run_config(self, config: Any) -> Any:
+        return config

@@ -129,7 +129,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if run_config is not None:
-                save_config(run_config, rundir.run_file(self.run_dir, rundir.CONFIG_FILE))
+                save_config(task.run_config(run_config), rundir.run_file(self.run_dir, rundir.CONFIG_FILE))
             self.metrics = MetricsLog(rundir.run_file(self.run_dir, rundir.METRICS_FILE), self.step if resume else None)
             if train.tensorboard:
                 self.tensorboard = TensorBoardLog(rundir.run_file(self.run_dir, rundir.TENSORBOARD_DIR))
