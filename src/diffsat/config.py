@@ -171,7 +171,8 @@ class TrainConfig(_Section):
     max_steps: int = Field(10_000, ge=1)
     time_limit_minutes: float | None = Field(None, gt=0.0)
     """Stop once training steps (of every session of the run), with a latent run's encoding of its
-    training set, took this long; ``None``: only ``max_steps`` stops training."""
+    training set (and a TAESD-family run's latent statistics), took this long; ``None``: only ``max_steps``
+    stops training."""
     time_limit_clock: Literal["wall", "cpu"] = "wall"
     """What ``time_limit_minutes`` counts: wall-clock seconds, or this process's CPU seconds (all threads:
     robust to other load on the machine)."""

@@ -11,6 +11,7 @@ samples (:mod:`diffsat.evaluation.during_training`).
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +21,12 @@ from torch import nn
 from .. import rundir
 from ..config import Config, DataConfig
 from ..data import DataError, ImageDataset, load_dataset
+from ..data.transforms import to_model_range
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
-from ..data.transforms import to_model_range
-from ..models.encoders import PIXELS, Encoder, LatentEncoder, latent_statistics
 from ..geo.render import rgb_indices
+from ..models.encoders import PIXELS, Encoder, LatentEncoder, latent_statistics
 from ..models.unet import build_unet
 from ..rundir.bands import save_run_normalisation
 from ..sample_folder import grid_scale, save_grid
@@ -98,6 +99,7 @@ class DiffusionTask(TaskDefaults):
         with torch.device("meta"):  # shape errors (image size, groups) before the data is read, at no cost
             build_unet(config.model)
         self.encoder: Encoder = PIXELS
+        self.stats_s = 0.0
         self.evaluator: TrainingEvaluator | None = None
 
     @property
@@ -108,7 +110,9 @@ class DiffusionTask(TaskDefaults):
         self.ctx = ctx
         if self.dataset is None:
             self.dataset = load_dataset(self.config.data)
+        start = time.perf_counter()
         self.config = with_latent_statistics(self.config, self.dataset, ctx.device)
+        self.stats_s = time.perf_counter() - start
         self.encoder = rundir.run_encoder(self.config).to(ctx.device)
         if self.dataset.normalisation is not None and ctx.dist.is_main:
             save_run_normalisation(self.dataset.normalisation, ctx.run_dir)
@@ -120,7 +124,8 @@ class DiffusionTask(TaskDefaults):
             self.evaluator = make_training_evaluator(self.config, self.dataset)
 
     def run_config(self, config: Config) -> Config:
-        """The config the run keeps: ``config`` with the latent statistics computed at setup."""
+        """The config the run keeps: the task's ``config`` (the one given) with the latent statistics that
+        setup computed."""
         return self.config
 
     def _batch_source(self) -> BatchSource:
@@ -132,7 +137,8 @@ class DiffusionTask(TaskDefaults):
 
     @property
     def setup_s(self) -> float:
-        return self.batches.setup_s
+        """Seconds of setup that count towards the time limit: latent statistics and the latent cache."""
+        return self.stats_s + self.batches.setup_s
 
     def build_network(self) -> nn.Module:
         """The U-Net of ``model``: random weights, or ``train.init_from``'s, with ``train.freeze`` frozen."""
