@@ -25,6 +25,7 @@ from ..geo.windows import pad_to, tiles
 from .config import CDDataConfig
 from .cva import change_magnitude, otsu_from_histogram
 from .methods import Method
+from .metrics import confusion
 from .pairs import IGNORE, Pair
 
 OTSU_BINS = 256
@@ -135,8 +136,7 @@ class ConfusionOutput:
     def __call__(self, region: Region, mask: np.ndarray, probability: np.ndarray, valid: np.ndarray) -> None:
         truth = self.label[region.slices]
         keep = valid & (truth != IGNORE)
-        t, p = truth[keep].astype(np.int64), mask[keep].astype(np.int64)
-        self.cm += np.bincount(2 * t + p, minlength=4).reshape(2, 2)
+        self.cm += confusion(mask[keep], truth[keep])
 
 
 def fan_out(*writers: Writer) -> Writer:

@@ -196,8 +196,6 @@ def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, li
     norm = load_run_normalisation(run_dir, default_names=("red", "green", "blue"))
     source = PairSource(root=str(pairs_root), list=list_name, names=names)
     pair_set = load_pairs([source], need_labels=False, what="pairs", bands=cfg.data.bands)
-    for pair in pair_set.pairs:
-        check_bands(norm, pair)
     method = None
     if name != "cva":
         method = build_method(name, cfg, None, norm.channels)

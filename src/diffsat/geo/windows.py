@@ -45,14 +45,6 @@ def pad_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return images
 
 
-def padded_size(height: int, width: int, window: int, align: int) -> tuple[int, int]:
-    """At least ``window`` and a multiple of ``align`` in each direction."""
-    def one(n: int) -> int:
-        n = max(n, window)
-        return -(-n // align) * align
-    return one(height), one(width)
-
-
 @dataclass(frozen=True)
 class Tile:
     """One window: top-left ``(y, x)`` and side ``size``; it writes rows ``y0:y1`` and columns ``x0:x1`` of
