@@ -15,8 +15,10 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffsat.config import (
@@ -34,6 +36,8 @@ from diffsat.diffusion.schedules import NoiseSchedule, make_betas
 from diffsat.errors import CheckpointError
 from diffsat.rundir import check_state_dict, compare_schedule, convert_checkpoint, load_model, safe_torch_load
 from diffsat.models.unet import build_unet, count_parameters
+from diffsat.samplers.common import StackedRandomGenerator
+from diffsat.sampling import SampleSettings, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_KEYS = REPO_ROOT.parent / "shared" / "reference" / "ddpm-cd-generator-keys.txt"
@@ -62,6 +66,13 @@ def ddpmcd_config(unet: dict | None = None, image_size: int = 16, schedule: str 
         "train": {"n_iter": 1000, "optimizer": {"type": "adam", "lr": 1e-4}},
         "wandb": {"project": "ddpm-unet", "url": "http://wandb.ai/x//y"},
     }
+
+
+def sr3_config(low: int = 4, high: int = 16) -> dict:
+    """A conditional SR3 config (``sr_sr3_16_128.json``'s shape): in_channel 6, low / high resolutions."""
+    data = ddpmcd_config(SMALL_UNET | dict(in_channel=6), image_size=high, conditional=True)
+    data["datasets"]["train"] |= {"l_resolution": low, "r_resolution": high}
+    return data
 
 
 def write_commented_json(data: dict, path: Path) -> Path:
@@ -340,7 +351,7 @@ def test_two_keys_for_one_weight_and_a_missing_first_conv_are_named(cfg: Config)
 
 def test_in_channels_mismatch_hint(tmp_path: Path, cfg: Config) -> None:
     path = save_layout(tmp_path, cfg, "ddpmcd")
-    conditional = config_from_ddpmcd(ddpmcd_config(SMALL_UNET | dict(in_channel=6), conditional=True), "sr3")
+    conditional = config_from_ddpmcd(sr3_config(), "sr3")
     with pytest.raises(CheckpointError, match=r"'init_conv\.weight'.*in_channels differ \(checkpoint 3, config 6\)"):
         load_model(path, conditional)
 
@@ -471,11 +482,39 @@ def test_phase_and_overrides(tmp_path: Path) -> None:
 
 
 def test_conditional_sr3_config(tmp_path: Path) -> None:
-    cfg = config_from_ddpmcd(ddpmcd_config(SMALL_UNET | dict(in_channel=6), conditional=True), "sr3.json")
-    assert cfg.model.in_channels == cfg.data.channels == 6 and cfg.model.out_channels == 3
+    cfg = config_from_ddpmcd(sr3_config(4, 16), "sr3.json")
+    assert (cfg.model.in_channels, cfg.data.channels, cfg.model.out_channels) == (6, 3, 3)
+    assert (cfg.condition.scale, cfg.condition.downsample, cfg.condition.method) == (4, "bicubic", "diffusion")
     assert is_conditional(cfg)
-    with pytest.raises(ConfigError, match="conditional"):
+    with pytest.raises(ConfigError, match="super-resolution model .* `diffsat upscale"):
         check_unconditional(cfg)
+    no_sizes = ddpmcd_config(SMALL_UNET | dict(in_channel=6), conditional=True)
+    with pytest.raises(ConfigError, match=r"'datasets\.train\.l_resolution': missing"):
+        config_from_ddpmcd(no_sizes, "sr3.json")
+
+
+def test_sr3_checkpoint_conditions_as_sr3_does(tmp_path: Path) -> None:
+    """Random weights in SR3's key layout (first conv ``downs.0``, 6 input channels): one ancestral step from
+    x_T to x_0 through ``generate`` equals SR3's own step, ``x0 = (x_T - sigma eps) / alpha`` with
+    ``eps = denoise_fn(cat([SR, x_T]), level)``: the condition first, then x_t."""
+    cfg = config_from_ddpmcd(sr3_config(4, 16), "sr3")
+    source = source_net(cfg)
+    torch.save(to_layout(source.state_dict(), "sr3") | ddpmcd_buffers(make_betas("linear", 100)), tmp_path / "gen.pth")
+    loaded = load_model(tmp_path / "gen.pth", write_commented_json(sr3_config(4, 16), tmp_path / "sr3.json"))
+    assert loaded.config.condition.scale == 4
+    condition = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    settings = SampleSettings("ancestral", 1, precision="fp32", channels_last=False, device="cpu")
+    drawn = generate(loaded.network, loaded.config, 2, seed=7, settings=settings, condition=condition, progress=False)
+    x_t = StackedRandomGenerator(7, 2).randn((3, 16, 16))
+    abar = float(NoiseSchedule.from_config(cfg.diffusion).alphas_cumprod[-1])
+    level = torch.full((2,), abar**0.5)
+    with torch.no_grad():
+        eps = source(torch.cat([condition, x_t], dim=1), level)
+    expected = ((x_t - (1 - abar) ** 0.5 * eps) / abar**0.5).clamp(-1, 1)
+    assert torch.allclose(drawn, expected, atol=1e-5)
+    with torch.no_grad():
+        swapped = source(torch.cat([x_t, condition], dim=1), level)
+    assert not torch.allclose(drawn, ((x_t - (1 - abar) ** 0.5 * swapped) / abar**0.5).clamp(-1, 1), atol=1e-3)
 
 
 def test_sr3_defaults_loss_l1_and_norm_groups_32() -> None:
@@ -580,14 +619,24 @@ def test_cli_convert_names_the_mismatching_key(tmp_path: Path, capsys) -> None:
     assert re.search(r"key 'downs\.\d+\.\S+' has shape \(.*\) in the checkpoint but the config builds \(", err)
 
 
-def test_cli_refuses_to_sample_a_conditional_sr3_model(tmp_path: Path, capsys) -> None:
-    unet = SMALL_UNET | dict(in_channel=6)
-    conditional = config_from_ddpmcd(ddpmcd_config(unet, conditional=True), "sr3")
+def test_cli_samples_no_sr3_model_but_upscales_with_it(tmp_path: Path, capsys) -> None:
+    conditional = config_from_ddpmcd(sr3_config(8, 32), "sr3")
     torch.save(to_layout(source_net(conditional).state_dict(), "sr3"), tmp_path / "sr3_gen.pth")
-    json_path = write_commented_json(ddpmcd_config(unet, conditional=True), tmp_path / "sr3.json")
+    json_path = write_commented_json(sr3_config(8, 32), tmp_path / "sr3.json")
     assert cli("sample", tmp_path / "sr3_gen.pth", "--config", json_path, "--out", tmp_path / "s", "--steps", 2) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "conditional SR3 model" in err and not (tmp_path / "s").exists()
+    assert "\n" not in err and "diffsat upscale" in err and not (tmp_path / "s").exists()
+    Image.fromarray(np.full((6, 9, 3), 120, dtype=np.uint8)).save(tmp_path / "low.png")
+    assert cli("upscale", tmp_path / "sr3_gen.pth", "--config", json_path, "--input", tmp_path / "low.png",
+               "--out", tmp_path / "up", "--steps", 2, "--no-progress") == 0
+    with Image.open(tmp_path / "up" / "low_x4.png") as img:
+        assert img.size == (36, 24) and img.mode == "RGB"
+    assert cli("convert", tmp_path / "sr3_gen.pth", "--config", json_path, "--out", tmp_path / "run") == 0
+    assert load_model(tmp_path / "run").config.condition == conditional.condition
+    assert cli("upscale", tmp_path / "run", "--input", tmp_path / "low.png", "--out", tmp_path / "up2",
+               "--steps", 2, "--no-progress") == 0
+    with Image.open(tmp_path / "up" / "low_x4.png") as a, Image.open(tmp_path / "up2" / "low_x4.png") as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_paper_preset_builds_the_released_generator() -> None:

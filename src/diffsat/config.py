@@ -328,17 +328,44 @@ class LatentConfig(_Section):
     written into the run's config (a diffsat autoencoder run keeps its own in its weights)."""
 
 
+class ConditionConfig(_Section):
+    """Super-resolution (SR3, Saharia et al. 2021): the network sharpens a low-resolution image.
+
+    Training pairs are made on the fly from the high-resolution training crops by the degradation below
+    (:mod:`diffsat.superres.degradation`): blur, down-sampling by ``scale``, noise. For ``method
+    "diffusion"`` the low-resolution image, brought back to the crop size by bicubic interpolation, is
+    concatenated before x_t at the network's input, as SR3 does (``model.in_channels`` = 2 x
+    ``data.channels``); for ``"regression"`` (SR3's own baseline: the same U-Net trained on the direct
+    ``diffusion.loss``) it is the network's only input (``model.in_channels`` = ``data.channels``)."""
+
+    kind: Literal["super_resolution"] = "super_resolution"
+    scale: Literal[2, 4, 8] = 4
+    downsample: Literal["bicubic", "area"] = "bicubic"
+    """``bicubic`` with antialiasing (the literature's and MATLAB's ``imresize``) or ``area`` (the mean of each
+    ``scale x scale`` block: a sensor integrating over a coarser pixel)."""
+    blur_sigma: float = Field(0.0, ge=0.0)
+    """Gaussian blur (standard deviation in high-resolution pixels) before down-sampling; 0: none."""
+    noise_std: float = Field(0.0, ge=0.0)
+    """Gaussian noise added to the low-resolution image (model range [-1, 1] units), drawn from the step's
+    generator; 0: none."""
+    method: Literal["diffusion", "regression"] = "diffusion"
+
+
 class Config(_Section):
     model: ModelConfig = ModelConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     latent: LatentConfig | None = None
+    condition: ConditionConfig | None = None
+    """Super-resolution (``kind super_resolution``); ``None``: an unconditional or class-conditional model."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
         m = self.model
-        if self.latent is None:
+        if self.condition is not None:
+            self._condition_fits()
+        elif self.latent is None:
             self._pixel_shapes()
         if self.diffusion.beta_start > self.diffusion.beta_end:
             raise ValueError("diffusion.beta_start must not exceed diffusion.beta_end")
@@ -354,21 +381,35 @@ class Config(_Section):
             )
         return self
 
-    def _pixel_shapes(self) -> None:
+    def _pixel_shapes(self, in_channels: int | None = None) -> None:
         m, d = self.model, self.data
-        if m.in_channels != d.channels:
-            raise ValueError(
-                f"model.in_channels ({m.in_channels}) must equal data.channels ({d.channels})"
-            )
+        expected = d.channels if in_channels is None else in_channels
+        if m.in_channels != expected:
+            what = f"data.channels ({d.channels})" if in_channels is None else \
+                f"{expected} (data.channels {d.channels}: condition image + x_t)"
+            raise ValueError(f"model.in_channels ({m.in_channels}) must equal {what}")
         if m.image_size != d.image_size:
             raise ValueError(
                 f"model.image_size ({m.image_size}) must equal data.image_size ({d.image_size})"
             )
 
+    def _condition_fits(self) -> None:
+        c, m, d = self.condition, self.model, self.data
+        if self.latent is not None or m.num_classes is not None:
+            raise ValueError("condition (super-resolution) works on pixels without classes: remove the latent "
+                             "section and model.num_classes")
+        if m.out_channels != d.channels:
+            raise ValueError(f"model.out_channels ({m.out_channels}) must equal data.channels ({d.channels}) for "
+                             "super-resolution")
+        self._pixel_shapes(d.channels * (2 if c.method == "diffusion" else 1))
+        if d.image_size % c.scale:
+            raise ValueError(f"data.image_size ({d.image_size}) must be a multiple of condition.scale ({c.scale})")
+
     def to_dict(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
-        if self.latent is None:
-            del data["latent"]  # pixel runs' config.json stays as it was
+        for optional in ("latent", "condition"):
+            if data[optional] is None:
+                del data[optional]  # other runs' config.json stays as it was
         return data
 
 
@@ -519,17 +560,17 @@ def config_from_ddpmcd(data: dict[str, Any], source: str = "<ddpm-cd config>", p
 
 
 def is_conditional(cfg: Config) -> bool:
-    """A conditional SR3 model takes the condition image concatenated to x_t: in_channels != out_channels."""
-    return cfg.model.in_channels != cfg.model.out_channels
+    """A super-resolution model (``condition`` set): it needs a low-resolution image to draw from."""
+    return cfg.condition is not None
 
 
 def check_unconditional(cfg: Config) -> None:
-    """Raise :class:`ConfigError` for a conditional (SR3 super-resolution) model: diffsat cannot sample it."""
+    """Raise :class:`ConfigError` for a super-resolution model: ``sample`` and ``chain`` draw from noise alone."""
     if is_conditional(cfg):
-        m = cfg.model
+        c = cfg.condition
         raise ConfigError(
-            f"this is a conditional SR3 model (in_channels {m.in_channels} = condition image + x_t, out_channels "
-            f"{m.out_channels}): diffsat samples unconditional models only (DDPM-CD's generator is unconditional)"
+            f"this is a x{c.scale} super-resolution model ({c.method}; it needs a low-resolution image): use "
+            "`diffsat upscale RUN --input FILE_OR_FOLDER --out DIR`"
         )
 
 

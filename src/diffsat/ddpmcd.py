@@ -112,16 +112,29 @@ def _is_conditional(diffusion: dict[str, Any], in_channel: Any, channels: Any) -
 
 
 def _data_channels(model: dict[str, Any], diffusion: dict[str, Any], source: str) -> Any:
-    """``data.channels``: the image channels; for a conditional SR3 model the network input (2 x channels)."""
+    """``data.channels``: the image channels (a conditional SR3 model takes twice as many at its input)."""
     channels = _required(diffusion, "channels", "model.diffusion", source)
-    if _is_conditional(diffusion, model["in_channels"], channels):
-        return model["in_channels"]
-    if model["in_channels"] != channels:
+    if not _is_conditional(diffusion, model["in_channels"], channels) and model["in_channels"] != channels:
         raise ConfigError(
             f"{source}: DDPM-CD config key 'model.unet.in_channel' ({model['in_channels']}) must equal "
             f"'model.diffusion.channels' ({channels}) for an unconditional model (conditional is false)"
         )
     return channels
+
+
+def _condition_section(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A conditional SR3 config's ``condition``: x(r_resolution / l_resolution) super-resolution with SR3's
+    bicubic degradation, from ``datasets.train`` (or ``datasets.val``)."""
+    for phase in ("train", "val"):
+        node = data.get("datasets", {}).get(phase) if isinstance(data.get("datasets"), dict) else None
+        if isinstance(node, dict) and "l_resolution" in node and "r_resolution" in node:
+            low, high = node["l_resolution"], node["r_resolution"]
+            if not (isinstance(low, int) and isinstance(high, int) and low > 0 and high % low == 0):
+                raise ConfigError(f"{source}: DDPM-CD config keys 'datasets.{phase}.l_resolution' / 'r_resolution' "
+                                  f"({low}, {high}) must be sizes whose ratio is an integer scale")
+            return {"kind": "super_resolution", "scale": high // low, "downsample": "bicubic", "method": "diffusion"}
+    raise ConfigError(f"{source}: DDPM-CD config key 'datasets.train.l_resolution': missing (a conditional SR3 "
+                      "config names its low and high resolutions there, e.g. 16 and 128)")
 
 
 def _check_network_kind(data: dict[str, Any], source: str) -> None:
@@ -139,8 +152,9 @@ def map_ddpmcd_config(data: dict[str, Any], source: str = "<ddpm-cd config>", ph
 
     ``model`` from ``model.unet`` + ``model.diffusion.image_size``; ``diffusion`` from
     ``model.beta_schedule[phase]`` (objective ``eps``, loss from ``model.diffusion.loss``); ``data`` a folder
-    with ``channels = model.diffusion.channels`` (for a conditional SR3 model: ``in_channel``, so
-    ``model.in_channels != model.out_channels``). Other keys are ignored. A missing key is a
+    with ``channels = model.diffusion.channels``; for a conditional SR3 model (``conditional``, or
+    ``in_channel != channels``) also ``condition`` (super-resolution by ``datasets.train.r_resolution /
+    l_resolution``). Other keys are ignored. A missing key is a
     :class:`~diffsat.errors.ConfigError` naming it.
     """
     _check_network_kind(data, source)
@@ -148,12 +162,15 @@ def map_ddpmcd_config(data: dict[str, Any], source: str = "<ddpm-cd config>", ph
     schedule = _section(data, f"model.beta_schedule.{phase}", source)
     image_size = _required(diffusion, "image_size", "model.diffusion", source)
     model = _model_section(unet, image_size, source)
-    return {
+    channels = _data_channels(model, diffusion, source)
+    mapped = {
         "model": model,
         "diffusion": _diffusion_section(schedule, diffusion, phase, source),
-        "data": {"path": None, "kind": "folder", "image_size": image_size,
-                 "channels": _data_channels(model, diffusion, source)},
+        "data": {"path": None, "kind": "folder", "image_size": image_size, "channels": channels},
     }
+    if _is_conditional(diffusion, model["in_channels"], channels):
+        mapped["condition"] = _condition_section(data, source)
+    return mapped
 
 
 # -------------------------------------------------------------------------------------------- checkpoints

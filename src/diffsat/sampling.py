@@ -26,6 +26,7 @@ from .precision import PRECISIONS, Precision, resolve_precision
 from .runtime import resolve_device
 from .samplers import SPACINGS, get_sampler
 from .samplers.common import Callback, StackedRandomGenerator, StepInfo
+from .diffusion.conditioning import conditioned
 
 
 DEFAULT_SAMPLER = "dpm++sde"
@@ -172,6 +173,22 @@ def class_labels(config: Config, n: int, settings: SampleSettings,
     return sample_labels(n, num_classes, labels), settings.for_model(config).guidance
 
 
+def check_condition(config: Config, condition: torch.Tensor | None, n: int) -> None:
+    """A super-resolution model needs ``n`` condition images of its channels; any other model takes none."""
+    if config.condition is None:
+        if condition is not None:
+            raise SampleSettingsError("condition images given to a model without a condition section")
+        return
+    if config.condition.method != "diffusion":
+        raise SampleSettingsError("a regression super-resolution network is evaluated once, not sampled: "
+                                  "use diffsat.superres.upscale")
+    channels = config.model.in_channels - config.model.out_channels
+    if condition is None or condition.dim() != 4 or condition.shape[0] != n or condition.shape[1] != channels:
+        got = "none" if condition is None else str(tuple(condition.shape))
+        raise SampleSettingsError(f"this x{config.condition.scale} super-resolution model needs condition images "
+                                  f"({n}, {channels}, H, W), got {got}: use `diffsat upscale`")
+
+
 def generate(
     net: torch.nn.Module,
     config: Config,
@@ -185,6 +202,7 @@ def generate(
     callback_factory: Callable[[int], Callback | None] | None = None,
     progress: bool = True,
     decode: bool = True,
+    condition: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images: (n, C, H, W) float32 in [-1, 1].
 
@@ -194,6 +212,8 @@ def generate(
 
     ``labels``: class labels for a class-conditional model, cycled over the samples (sample ``i`` gets
     ``labels[i % len(labels)]``; default: class ``i % num_classes``), see :func:`class_labels`.
+    ``condition``: a super-resolution model's condition images ``(n, C, H, W)`` in [-1, 1] (the low-resolution
+    inputs brought to the output size, :func:`diffsat.superres.degradation.condition_input`), one per sample.
     ``callback_factory(first_index)`` may return a per-batch step callback (used for chains). The progress
     bar counts sampler steps over all batches (``ceil(n / batch_size) * steps``) and shows images done.
     The network is prepared outside inference mode (its parameters stay ordinary tensors, e.g. for EMA
@@ -208,11 +228,14 @@ def generate(
             f"{schedule.timesteps} (--steps)"
         )
     sample_classes, scale = class_labels(config, n, settings, labels)
-    shape = (config.model.in_channels, config.model.image_size, config.model.image_size)
+    check_condition(config, condition, n)
+    size = config.model.image_size if condition is None else condition.shape[-1]
+    shape = (config.model.out_channels, size, size)
     announce = print if progress else None
     calls = min(n, settings.batch_size) * (1 if sample_classes is None or scale == 1 else 2)
     eager = prepare_net(net, replace(settings, compile=False), device)  # what the precision timing runs
-    bf16 = resolve_precision(settings.precision, eager, (calls, *shape), device,
+    net_shape = (config.model.in_channels, *shape[1:])
+    bf16 = resolve_precision(settings.precision, eager, (calls, *net_shape), device,
                              channels_last=settings.channels_last, announce=announce)
     decode_bf16 = decode and encoder.to(device).decode_precision(settings.precision, shape, n, device, announce)
     net = prepare_net(net, settings, device) if settings.compile else eager
@@ -232,6 +255,10 @@ def generate(
             callback = _with_progress(bar, callback_factory(start) if callback_factory else None)
             prediction = net if sample_classes is None else guided_prediction(
                 net, sample_classes[start : start + count], scale, config.model.num_classes)
+            if condition is not None:
+                part = condition[start : start + count].to(device)
+                prediction = conditioned(net, part.contiguous(memory_format=torch.channels_last)
+                                         if settings.channels_last else part)
             denoiser = Denoiser(prediction, config.diffusion.objective, settings.x0_clip, bf16, settings.x0_quantile)
             if sampler.draws_noise:
                 options["noise"] = noise
@@ -252,6 +279,7 @@ def chain_frames(
     progress: bool = False,
     labels: Sequence[int] | None = None,
     encoder: Encoder = PIXELS,
+    condition: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """The denoising chain at ``frames`` evenly spaced steps (x_T first, x_0 last).
 
@@ -270,10 +298,10 @@ def chain_frames(
 
         return callback
 
-    start_noise = StackedRandomGenerator(seed, n).randn(
-        (config.model.in_channels, config.model.image_size, config.model.image_size))
+    size = config.model.image_size if condition is None else condition.shape[-1]
+    start_noise = StackedRandomGenerator(seed, n).randn((config.model.out_channels, size, size))
     generate(net, config, n, seed, settings, labels=labels, schedule=schedule, callback_factory=factory,
-             progress=progress, decode=False)
+             progress=progress, decode=False, condition=condition)
     indices = sorted(wanted)
     stack = [start_noise if i == 0 else torch.cat(captured[i]) for i in indices]
     return torch.stack([encoder.decode(frame) for frame in stack]).clamp(-1, 1), [1 - i / steps for i in indices]

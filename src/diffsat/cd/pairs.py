@@ -49,7 +49,7 @@ from ..errors import DiffsatError
 from ..geo.align import align_pair
 from ..geo.normalise import BandNormalisation
 from ..geo.oscd import is_oscd, oscd_cities, oscd_city, read_oscd_label
-from ..geo.raster import RASTER_SUFFIXES, BandStack, Grid, file_bands, open_raster, stack_from_path
+from ..geo.raster import RASTER_SUFFIXES, BandStack, DecodedImage, Grid, file_bands, open_raster, stack_from_path
 from .config import CDDataConfig, PairSource
 
 
@@ -57,38 +57,6 @@ IGNORE = 255
 """Label value of pixels left out of losses and metrics (nodata in either date)."""
 UNNAMED = re.compile(r"^(band\d+|red|green|blue)$", re.IGNORECASE)
 """Band names that carry no meaning (8-bit images, raster bands without a description)."""
-
-
-class DecodedImage:
-    """An 8-bit image file decoded in memory (PNG, JPEG): ``pixels`` uint8 ``(3, H, W)``, read like a
-    :class:`~diffsat.geo.raster.BandStack` (bands ``red``, ``green``, ``blue``; no georeferencing)."""
-
-    names = ("red", "green", "blue")
-    dtypes = ("uint8",) * 3
-
-    def __init__(self, pixels: np.ndarray, source: str) -> None:
-        self.pixels, self.source = pixels, source
-        h, w = pixels.shape[1:]
-        self.grid = Grid(None, Affine.identity(), w, h)
-
-    @property
-    def channels(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @contextmanager
-    def reader(self) -> Iterator["DecodedImage"]:
-        yield self
-
-    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`diffsat.geo.raster.StackReader.read` (a decimated ``out_shape`` read by striding)."""
-        h, w = self.grid.shape
-        r0, c0, rh, cw = (0, 0, h, w) if window is None else \
-            (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
-        part = self.pixels[:, r0 : r0 + rh, c0 : c0 + cw]
-        if out_shape is not None:
-            part = part[:, :: max(1, rh // out_shape[0]), :: max(1, cw // out_shape[1])]
-        return part.astype(np.float32), np.ones(part.shape[1:], dtype=bool)
 
 
 ImageSource = DecodedImage | BandStack

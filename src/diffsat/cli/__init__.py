@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import DiffsatError
-from . import cd, chain, convert, evaluate, plot, raster, report, sample, train
+from . import cd, chain, convert, evaluate, plot, raster, report, sample, train, upscale
 
-VERBS = (train, sample, chain, plot, report, convert, evaluate, cd, raster)
+VERBS = (train, sample, chain, upscale, plot, report, convert, evaluate, cd, raster)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -314,3 +314,37 @@ def stack_from_path(path: str | Path, bands: Sequence[str | int] | None = None, 
         all_bands = file_bands(path)
     chosen = select_bands(all_bands, bands, str(path))
     return BandStack(tuple(chosen), grid or finest_grid(chosen), resampling, str(path))
+
+
+EIGHT_BIT_NAMES = {1: ("grey",), 3: ("red", "green", "blue")}
+
+
+class DecodedImage:
+    """An 8-bit image file decoded in memory (PNG, JPEG): ``pixels`` uint8 ``(C, H, W)``, read like a
+    :class:`BandStack` (bands ``red``, ``green``, ``blue``, or ``grey`` for one channel; no georeferencing)."""
+
+    def __init__(self, pixels: np.ndarray, source: str) -> None:
+        self.pixels, self.source = pixels, source
+        h, w = pixels.shape[1:]
+        self.grid = Grid(None, Affine.identity(), w, h)
+        self.names = EIGHT_BIT_NAMES.get(self.channels, tuple(f"band{i}" for i in range(1, self.channels + 1)))
+        self.dtypes = ("uint8",) * self.channels
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @contextmanager
+    def reader(self) -> Iterator["DecodedImage"]:
+        yield self
+
+    def read(self, window: Window | None = None, out_shape: tuple[int, int] | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`StackReader.read` (a decimated ``out_shape`` read by striding)."""
+        h, w = self.grid.shape
+        r0, c0, rh, cw = (0, 0, h, w) if window is None else \
+            (int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+        part = self.pixels[:, r0 : r0 + rh, c0 : c0 + cw]
+        if out_shape is not None:
+            part = part[:, :: max(1, rh // out_shape[0]), :: max(1, cw // out_shape[1])]
+        return part.astype(np.float32), np.ones(part.shape[1:], dtype=bool)

@@ -1,11 +1,18 @@
-"""The diffusion task: a denoising network (unconditional or class-conditional) on images or, through a
-frozen autoencoder, on their latents (:mod:`diffsat.models.encoders`).
+"""The diffusion task: a denoising network (unconditional, class-conditional or, with a ``condition``
+section, super-resolution) on images or, through a frozen autoencoder, on their latents
+(:mod:`diffsat.models.encoders`).
 
 Each step: the step's images (seeded indices, crops and flips; for a latent run, seeded views and crops of
 the cached latents), for a class-conditional model their labels with a ``train.label_dropout`` fraction
 replaced by the "no class" label, and the diffusion loss (:class:`~diffsat.diffusion.objective.DiffusionLoss`)
 of the network's prediction. The preview is a grid of EMA samples with a fixed seed; evaluation scores EMA
 samples (:mod:`diffsat.evaluation.during_training`).
+
+Super-resolution: each step's crops are degraded into their low-resolution inputs (seeded by the step,
+:mod:`diffsat.superres.degradation`) and the network learns them as SR3 does, or, for ``method
+"regression"``, by the direct loss (:mod:`diffsat.diffusion.conditioning`). The preview shows three training
+crops as low-res | output | truth; evaluation scores the PSNR and consistency of ``train.eval_samples``
+centre crops of the training tiles.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from .. import rundir
 from ..config import Config, DataConfig
 from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import to_model_range
+from ..diffusion.conditioning import RegressionLoss, conditioned
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
+from ..evaluation.fidelity import psnr
 from ..geo.render import rgb_indices
 from ..models.encoders import PIXELS, Encoder, LatentEncoder, latent_statistics
 from ..models.unet import build_unet
@@ -32,6 +41,8 @@ from ..rundir.bands import save_run_normalisation
 from ..sample_folder import grid_scale, save_grid
 from ..sampling import SampleSettings, generate
 from ..seeding import step_generator
+from ..superres.degradation import condition_input, consistency_psnr, degrade
+from ..superres.outputs import upscale_tiles
 from .batches import BatchSource, PixelBatches, latent_batches, step_batch
 from .init import freeze, initialise_from
 from .task import Nets, TaskContext, TaskDefaults, Terms
@@ -65,10 +76,12 @@ def training_labels(dataset: ImageDataset, num_classes: int | None, data: DataCo
 @dataclass(frozen=True)
 class DiffusionBatch:
     """``x``: ``(B, C, S, S)`` float32 (images in [-1, 1] or normalised latents); ``labels``: ``(B,)`` int64
-    for a class-conditional model (``num_classes`` = "no class"), else None."""
+    for a class-conditional model (``num_classes`` = "no class"), else None; ``condition``: a super-resolution
+    model's condition images ``(B, C, S, S)`` (the degraded ``x`` upsampled), else None."""
 
     x: torch.Tensor
     labels: torch.Tensor | None
+    condition: torch.Tensor | None = None
 
 
 STATS_TILES = 256
@@ -120,7 +133,8 @@ class DiffusionTask(TaskDefaults):
         self.labels = training_labels(self.dataset, self.num_classes, self.config.data)
         self.schedule = NoiseSchedule.from_config(self.config.diffusion)
         self.loss_fn = DiffusionLoss.from_config(self.config.diffusion, self.schedule)
-        if self.config.train.eval_every and ctx.dist.is_main:  # rank 0 alone evaluates
+        self.regression_loss = RegressionLoss(self.config.diffusion.loss)
+        if self.config.train.eval_every and ctx.dist.is_main and self.config.condition is None:
             self.evaluator = make_training_evaluator(self.config, self.dataset)
 
     def run_config(self, config: Config) -> Config:
@@ -156,8 +170,11 @@ class DiffusionTask(TaskDefaults):
 
     def batch(self, step: int) -> DiffusionBatch:
         """This rank's share of the step's global batch, on the device."""
-        tc, dist = self.config.train, self.ctx.dist
+        tc, dist, cond = self.config.train, self.ctx.dist, self.config.condition
         x, global_idx = step_batch(self.batches, len(self.dataset), step, tc, dist)
+        if cond is not None:
+            low = degrade(x, cond, step_generator(tc.seed, step, 3), shard=(dist.rank, dist.world_size))
+            return DiffusionBatch(x, None, condition_input(low, cond.scale))
         if self.labels is None:
             return DiffusionBatch(x, None)
         dropped = torch.rand(len(global_idx), generator=step_generator(tc.seed, step, 2)) < tc.label_dropout
@@ -165,7 +182,11 @@ class DiffusionTask(TaskDefaults):
         return DiffusionBatch(x, dist.shard(labels).to(self.ctx.device))
 
     def loss(self, net: nn.Module, batch: DiffusionBatch, generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
+        if batch.condition is not None and self.config.condition.method == "regression":
+            return self.regression_loss(net, batch.condition, batch.x)["loss"], {}
         prediction = net if batch.labels is None else functools.partial(net, labels=batch.labels)
+        if batch.condition is not None:
+            prediction = conditioned(net, batch.condition)
         dist = self.ctx.dist
         return self.loss_fn(prediction, batch.x, generator, shard=(dist.rank, dist.world_size))["loss"], {}
 
@@ -178,15 +199,50 @@ class DiffusionTask(TaskDefaults):
         return generate(network, self.config, n, seed=GRID_SEED, settings=settings, encoder=self.encoder,
                         progress=False)
 
-    def preview(self, nets: Nets, path: Path) -> torch.Tensor:
-        images = self.samples(nets.ema, PREVIEW_SAMPLES, nets.bf16)
+    def truth_crops(self, n: int) -> torch.Tensor:
+        """``n`` evenly spaced training tiles' centre crops ``(n, C, S, S)`` in [-1, 1] (super-resolution checks)."""
+        tiles = self.dataset.tiles[:: max(1, len(self.dataset) // n)][:n]
+        size, (h, w) = self.config.data.image_size, tiles.shape[-2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        return to_model_range(tiles[..., top : top + size, left : left + size].to(self.ctx.device)).float()
+
+    def upscaled(self, network: nn.Module, truth: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low-resolution inputs of ``truth`` (degraded without noise) and ``network``'s outputs for them."""
+        tc, cond = self.config.train, self.config.condition
+        low = degrade(truth, cond.model_copy(update={"noise_std": 0.0}))
+        settings = SampleSettings("ancestral", tc.sample_steps, precision="bf16" if bf16 else "fp32",
+                                  device=str(self.ctx.device))
+        return low, upscale_tiles(network, self.config, low, GRID_SEED, settings)[:, 0]
+
+    def sr_preview(self, nets: Nets, path: Path) -> torch.Tensor:
+        """Three training crops, one row each: low-res (pixels enlarged) | output | truth."""
+        truth = self.truth_crops(PREVIEW_SAMPLES // 3)
+        low, out = self.upscaled(nets.ema, truth, nets.bf16)
+        enlarged = low.repeat_interleave(self.config.condition.scale, -1).repeat_interleave(
+            self.config.condition.scale, -2)
+        images = torch.stack((enlarged, out, truth), dim=1).flatten(0, 1).cpu()
+        save_grid(images, path, nrow=3, rgb=self._rgb())
+        return images
+
+    def _rgb(self) -> tuple[int, int, int] | None:
         norm = self.dataset.normalisation
-        rgb = rgb_indices(norm.names) if norm is not None else None
-        save_grid(images, path, scale=grid_scale(self.config.data.image_size), rgb=rgb)
+        return rgb_indices(norm.names) if norm is not None else None
+
+    def preview(self, nets: Nets, path: Path) -> torch.Tensor:
+        if self.config.condition is not None:
+            return self.sr_preview(nets, path)
+        images = self.samples(nets.ema, PREVIEW_SAMPLES, nets.bf16)
+        save_grid(images, path, scale=grid_scale(self.config.data.image_size), rgb=self._rgb())
         return images
 
     def evaluate(self, nets: Nets) -> dict[str, float]:
-        """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``)."""
+        """Sample-quality numbers of ``train.eval_samples`` EMA samples (see ``evaluation.during_training``); for
+        super-resolution the mean PSNR and consistency PSNR of as many training crops."""
+        if self.config.condition is not None and self.ctx.dist.is_main:
+            truth = self.truth_crops(self.config.train.eval_samples)
+            low, out = self.upscaled(nets.ema, truth, nets.bf16)
+            return {"psnr": float(psnr(out, truth).mean()),
+                    "consistency_psnr": float(consistency_psnr(out, low, self.config.condition).mean())}
         if self.evaluator is None:
             return {}
         return self.evaluator(self.samples(nets.ema, self.config.train.eval_samples, nets.bf16))
