@@ -13,6 +13,9 @@ from PIL import Image
 from torch import nn
 
 from diffsat.config import parse_config
+from diffsat.geo.normalise import fixed_normalisation
+from diffsat.geo.raster import RasterError
+from diffsat.models.unet import build_unet
 from diffsat.sampling import SampleSettings
 from diffsat.superres import upscale as up
 from diffsat.diffusion.conditioning import regress
@@ -77,8 +80,6 @@ def test_several_draws_write_their_mean_and_standard_deviation(tmp_path: Path) -
     Image.fromarray(np.full((5, 6, 3), 90, dtype=np.uint8)).save(tmp_path / "low.png")
     config = parse_config(sr_config(tmp_path))  # diffusion: random weights, so the draws differ
     torch.manual_seed(0)
-    from diffsat.models.unet import build_unet
-
     done = upscale_file(build_unet(config.model), config, tmp_path / "low.png", tmp_path / "out",
                         UpscaleOptions(SETTINGS, draws=3, progress=False))
     with rasterio.open(done.std) as ds:
@@ -109,3 +110,25 @@ def test_bad_inputs_are_one_line_naming_the_file(tmp_path: Path, monkeypatch) ->
     with pytest.raises(UpscaleError, match=r"--window 3: .* multiples of"):
         UpscaleOptions(SETTINGS, window=3).window_for(config)
     assert not list((tmp_path / "out").glob("grey*")) and not list((tmp_path / "out").glob(".*tmp"))
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_a_raster_run_reads_through_its_normalisation_and_writes_file_units(tmp_path: Path) -> None:
+    values = np.full((3, 12, 16), 3000, dtype=np.uint16)
+    values[0] = 1000
+    src = write_raster(tmp_path / "s2.tif", values, descriptions=("B04", "B03", "B02"))
+    norm = fixed_normalisation(("B04", "B03", "B02"), 0.0002, 5000)
+    done = upscale_file(Identity(), regression_config(tmp_path), src, tmp_path / "out",
+                        UpscaleOptions(SETTINGS, progress=False), norm=norm)
+    with rasterio.open(done.output) as ds:
+        out = ds.read()
+        assert ds.dtypes[0] == "float32" and ds.descriptions == ("B04", "B03", "B02")
+    assert out.shape == (3, 48, 64)
+    assert np.allclose(out[0], 1000, atol=0.5) and np.allclose(out[1:], 3000, atol=0.5)
+    with pytest.raises(RasterError, match=r"s2\.tif: bands B04, B03, B02 but the run was trained on"):
+        upscale_file(Identity(), regression_config(tmp_path), src, tmp_path / "out",
+                     UpscaleOptions(SETTINGS, progress=False), norm=fixed_normalisation(("B08", "B04", "B03"), 1, 0))

@@ -10,7 +10,8 @@ from .sample import add_model_arguments, settings_from
 
 DEFAULT_SAMPLER = "dpm++"
 DEFAULT_STEPS = 20
-"""``diffsat upscale``'s defaults (chosen by measurement on the x4 recipe: benchmarks/RESULTS.md)."""
+"""``diffsat upscale``'s defaults: the ODE solver at 20 steps, pending a recipe model good enough to choose the
+steps on (benchmarks/RESULTS.md, "Super-resolution x4")."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
