@@ -10,9 +10,8 @@ from diffsat.autoencoder.losses import (
     fft_amplitude_l1,
     hinge_discriminator_loss,
     kl_to_standard_normal,
-    psnr,
-    ssim,
 )
+from diffsat.evaluation.fidelity import psnr, ssim
 from diffsat.autoencoder.quality import bicubic_round_trip, bicubic_side, reconstruct, reconstruction_quality
 from diffsat.config import AutoencoderLossConfig, AutoencoderModelConfig, parse_autoencoder_config
 from diffsat.errors import ConfigError

@@ -10,30 +10,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pytorch_msssim import ssim as _ssim
 from torch import nn
 
 from ..config import AutoencoderLossConfig
+from ..evaluation.fidelity import ssim
 from ..precision import autocast
-
-SSIM_WINDOW = 11
-"""Gaussian window of SSIM (sigma 1.5), as in Wang et al. 2004; images need at least this many pixels a side."""
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM ``(B,)`` of images in [-1, 1] (computed on [0, 1], data range 1, 11x11 Gaussian window,
-    sigma 1.5); 1 for identical images. Differentiable. Always float32, also under bf16 autocast: its
-    variances are differences of nearly equal means, which bf16 can make negative (SSIM then explodes)."""
-    with autocast(x.device, False):  # float32 inside, also within a bf16 region
-        return _ssim((x.float() + 1) / 2, (y.float() + 1) / 2, data_range=1.0, size_average=False,
-                     win_size=SSIM_WINDOW)
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-image peak signal-to-noise ratio ``(B,)`` in dB of images in [-1, 1] (peak-to-peak range 2)."""
-    mse = (x.float() - y.float()).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
-
 
 def fft_amplitude_l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of the orthonormal 2-D FFT amplitudes (a scalar): penalises lost high

@@ -2,7 +2,7 @@
 
 The baseline keeps ``values = L * (H/f) * (W/f)`` numbers per image like the latent does: each image is
 resized (bicubic, antialiased) to the side ``s = round(sqrt(values / C))`` and back. Measures, for both:
-PSNR and SSIM against the originals (:mod:`diffsat.autoencoder.losses`), and the multi-scale SWD of the
+PSNR and SSIM against the originals (:mod:`diffsat.evaluation.fidelity`), and the multi-scale SWD of the
 reconstructions against the originals (:mod:`diffsat.evaluation.swd`; one value per pyramid level and
 their mean, x1e3): a blurred set scores a high SWD at the fine levels even when its PSNR is good.
 """
@@ -14,9 +14,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.fidelity import SSIM_WINDOW, psnr, ssim
 from ..evaluation.swd import MIN_RESOLUTION, sliced_wasserstein_distance
 from ..models.autoencoder import Autoencoder, interior
-from .losses import SSIM_WINDOW, psnr, ssim
 
 
 def bicubic_side(channels: int, values: int) -> int:

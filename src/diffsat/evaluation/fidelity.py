@@ -12,9 +12,12 @@ from __future__ import annotations
 import torch
 from pytorch_msssim import ssim as _ssim
 
+from ..precision import autocast
+
 BT601 = torch.tensor([65.481, 128.553, 24.966]) / 255.0
 """Y = 16/255 + BT601 . (R, G, B) for R, G, B in [0, 1] (Y in [16/255, 235/255])."""
-SSIM_MIN_SIDE = 11
+SSIM_WINDOW = 11
+"""Gaussian window of SSIM (sigma 1.5), as in Wang et al. 2004; images need at least this many pixels a side."""
 
 
 def to_unit(x: torch.Tensor, eight_bit: bool = False) -> torch.Tensor:
@@ -40,10 +43,14 @@ def psnr(a: torch.Tensor, b: torch.Tensor, max_db: float = 100.0) -> torch.Tenso
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """SSIM ``(B,)`` of images in [-1, 1] (both sides at least 11 px), channels averaged."""
-    if min(a.shape[-2:]) < SSIM_MIN_SIDE:
-        raise ValueError(f"SSIM needs images of at least {SSIM_MIN_SIDE} px a side, got {tuple(a.shape[-2:])}")
-    return _ssim(to_unit(a), to_unit(b), data_range=1.0, size_average=False)
+    """SSIM ``(B,)`` of images in [-1, 1] (both sides at least 11 px; computed on [0, 1], data range 1),
+    channels averaged; 1 for identical images. Differentiable (an autoencoder loss term). Always float32, also
+    under bf16 autocast: its variances are differences of nearly equal means, which bf16 can make negative."""
+    if min(a.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} px a side, got {tuple(a.shape[-2:])}")
+    with autocast(a.device, False):  # float32 inside, also within a bf16 region
+        return _ssim((a.float() + 1) / 2, (b.float() + 1) / 2, data_range=1.0, size_average=False,
+                     win_size=SSIM_WINDOW)
 
 
 def fidelity(output: torch.Tensor, truth: torch.Tensor, border: int = 0, eight_bit: bool = True

@@ -190,11 +190,17 @@ def output_grid(grid: Grid, scale: int) -> Grid:
     return Grid(grid.crs, grid.transform @ Affine.scale(1 / scale), grid.width * scale, grid.height * scale)
 
 
-def _read_windows(source: Source, norm: BandNormalisation, size: tuple[int, int], window: int, margin: int
+def input_windows(height: int, width: int, window: int, margin: int) -> list[Tile]:
+    """The windows of a ``height x width`` input (padded to at least one window) whose kept part lies in it."""
+    padded = tiles(max(height, window), max(width, window), window, margin)
+    return [t for t in padded if t.y0 < height and t.x0 < width]
+
+
+def _read_windows(source: Source, norm: BandNormalisation, windows: list[Tile], window: int
                   ) -> Iterator[tuple[Tile, np.ndarray]]:
-    """Each window's low-resolution values ``(C, window, window)`` in [-1, 1] (an input smaller than a window
-    is padded by reflection)."""
-    height, width = size
+    """Each of ``windows``' low-resolution values ``(C, window, window)`` in [-1, 1] (an input smaller than a
+    window is padded by reflection)."""
+    height, width = source.grid.shape
     with source.reader() as reader:
         if height < window or width < window:
             values, valid = reader.read()
@@ -202,9 +208,8 @@ def _read_windows(source: Source, norm: BandNormalisation, size: tuple[int, int]
             read = lambda t: whole[:, t.y : t.y + window, t.x : t.x + window].numpy()  # noqa: E731
         else:
             read = lambda t: norm.apply(*reader.read(Window(t.x, t.y, window, window)))  # noqa: E731
-        for t in tiles(max(height, window), max(width, window), window, margin):
-            if t.y0 < height and t.x0 < width:
-                yield t, read(t)
+        for t in windows:
+            yield t, read(t)
 
 
 def _batches(items: Iterator, n: int) -> Iterator[list]:
@@ -234,13 +239,12 @@ def upscale_file(network: torch.nn.Module, config: Config, path: Path, out_dir: 
     stem = out_dir / f"{path.stem}_x{scale}"
     targets = _targets(stem, fmt, grid, source, options.draws, raster_run)
     unit = (lambda x: norm.invert(x)) if raster_run else (lambda x: (x + 1) * 127.5)  # noqa: E731
-    total = len([t for t in tiles(max(height, window), max(width, window), window, margin)
-                 if t.y0 < height and t.x0 < width])
+    windows = input_windows(height, width, window, margin)
     per_batch = max(1, options.settings.batch_size // options.draws)
-    bar = tqdm(total=total, desc=f"upscaling {path.name} x{scale}", unit="window", disable=not options.progress)
+    bar = tqdm(total=len(windows), desc=f"upscaling {path.name} x{scale}", unit="window", disable=not options.progress)
     done, failed = 0, True
     try:
-        for batch in _batches(_read_windows(source, norm, (height, width), window, margin), per_batch):
+        for batch in _batches(_read_windows(source, norm, windows, window), per_batch):
             low = torch.from_numpy(np.stack([values for _, values in batch]))
             outs = upscale_tiles(network, config, low, options.seed + done * options.draws, options.settings,
                                  options.draws).numpy()
