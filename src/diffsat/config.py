@@ -137,6 +137,9 @@ class DataConfig(_Section):
     bands: tuple[str | int, ...] | None = None
     """``rasters``: the bands to use, by name (``B04``, a band description) or 1-based position; ``None``:
     every band. ``channels`` must equal their number."""
+    scenes: tuple[str, ...] | None = None
+    """``rasters``: only these scenes: OSCD cities (both dates of each), or raster files by name without
+    suffix; ``None``: every scene."""
     normalisation: NormalisationConfig = NormalisationConfig()
     """``rasters``: how band values become [-1, 1] (made from the training split, stored in the run)."""
 

@@ -11,7 +11,7 @@ import rasterio
 
 from conftest import tiny_config, train_tiny_run
 from diffsat.cli import main
-from diffsat.config import DataConfig
+from diffsat.config import DataConfig, NormalisationConfig
 from diffsat.data import DataError, load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "geo"))
@@ -63,3 +63,14 @@ def test_a_multispectral_run_trains_samples_geotiffs_and_evaluates(tmp_path: Pat
     doc = json.loads(report.read_text())
     assert doc["sets"]["samples"]["channels"] == 4 and doc["sets"]["samples"]["n"] == 12
     assert doc["metrics"]["swd"]["value"] > 0 and doc["metrics"]["swd"]["baseline"] > 0
+
+
+def test_data_scenes_chooses_scenes_by_name_and_names_an_absent_one(tmp_path: Path) -> None:
+    root = scenes(tmp_path / "s")
+    fixed = NormalisationConfig(method="fixed", scale=1e-4, offset=5000.0)  # the same map for any selection
+    cfg = DataConfig(kind="rasters", path=str(root), channels=4, image_size=16, normalisation=fixed)
+    picked = load_dataset(cfg.model_copy(update={"scenes": ("scene2", "scene0")}))
+    assert picked.tiles.shape[0] == 2 * 9 and "2 of 2 scenes" in picked.source
+    np.testing.assert_array_equal(picked.tiles[:9].numpy(), load_dataset(cfg).tiles[-9:].numpy())  # scene2 first
+    with pytest.raises(DataError, match=r"no raster file 'scene9' \(data.scenes\); it holds scene0, scene1, scene2"):
+        load_dataset(cfg.model_copy(update={"scenes": ("scene9",)}))

@@ -10,6 +10,8 @@ from diffsat.cd.methods import ImageMethod
 from diffsat.cd.pairs import load_pairs
 from diffsat.cd.run import OutputOptions, predict_to_dir
 from diffsat.data.dataset import DataError
+from diffsat.config import DataConfig
+from diffsat.data import load_dataset
 from diffsat.geo.normalise import fixed_normalisation
 from diffsat.geo.oscd import IMAGES, LABELS, oscd_cities, oscd_city, read_oscd_label
 from diffsat.geo.raster import SENTINEL2_BANDS, RasterError
@@ -102,3 +104,13 @@ def test_a_predicted_oscd_mask_overlays_its_label(oscd: Path, tmp_path: Path) ->
         assert m.crs == ref.crs and m.transform == ref.transform and m.shape == ref.shape == lab.shape
     assert (tmp_path / "bercy.geojson").is_file() and result["pairs"] == 1
     assert result["tn"] + result["fp"] + result["fn"] + result["tp"] == 360 * 395
+
+
+def test_a_raster_training_set_takes_the_oscd_cities_of_data_scenes(tmp_path: Path) -> None:
+    root = fake_oscd(tmp_path)
+    cfg = DataConfig(kind="rasters", path=str(root), bands=("B04",), channels=1, image_size=20, scenes=("u",))
+    tiles = load_dataset(cfg)
+    assert tiles.tiles.shape == (2 * 9, 1, 20, 20) and "2 of 2 scenes" in tiles.source  # both dates of u
+    assert load_dataset(cfg.model_copy(update={"scenes": None})).tiles.shape[0] == 5 * 9 + 4  # b's 59 px date: 2 x 2
+    with pytest.raises(DataError, match="no OSCD city 'rio' \\(data.scenes\\); it holds a, b, u"):
+        load_dataset(cfg.model_copy(update={"scenes": ("rio",)}))

@@ -41,6 +41,21 @@ class PairSource(_Section):
     """Only these file names (OSCD: cities), in this order, taken from the list or folder."""
 
 
+class FoldConfig(_Section):
+    """One fold of a cross-validation: the pairs (OSCD: cities) it scores, and the pairs, taken from the
+    others, that choose its best weights; it trains on every other pair of ``data.train``."""
+
+    test: tuple[str, ...] = Field(min_length=1)
+    val: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "FoldConfig":
+        both = sorted(set(self.test) & set(self.val))
+        if both:
+            raise ValueError(f"pair '{both[0]}' is in a fold's test and its val; a fold validates on other pairs")
+        return self
+
+
 class CDDataConfig(_Section):
     train: tuple[PairSource, ...] = ()
     val: tuple[PairSource, ...] = ()
@@ -60,11 +75,23 @@ class CDDataConfig(_Section):
     """Raster pairs: the bands to use, by name (``B04``, a band description) or 1-based position; ``None``:
     every band (8-bit images: RGB)."""
     normalisation: NormalisationConfig = NormalisationConfig()
+    folds: tuple[FoldConfig, ...] = ()
+    """Cross-validation (e.g. leaving cities out): ``data.train`` is then the pool of labelled pairs, every
+    one of them scored by exactly one fold, by a model trained on the pool without that fold's ``test`` and
+    ``val`` pairs (with its own band normalisation); ``data.val`` and ``data.test`` stay empty."""
 
     @model_validator(mode="after")
     def _windows(self) -> "CDDataConfig":
         if 2 * self.margin >= self.window:
             raise ValueError(f"data.margin ({self.margin}) must be less than half of data.window ({self.window})")
+        if self.folds:
+            if self.val or self.test:
+                raise ValueError("data.folds choose each fold's val and test pairs from data.train: leave data.val "
+                                 "and data.test empty")
+            tested = [name for fold in self.folds for name in fold.test]
+            twice = sorted({n for n in tested if tested.count(n) > 1})
+            if twice:
+                raise ValueError(f"pair '{twice[0]}' is scored by two folds; each pair belongs to one fold's test")
         return self
 
 

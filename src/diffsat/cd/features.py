@@ -149,7 +149,7 @@ class FeatureExtractor:
         self.scales = [Scale(name, channels, factor) for name, _, channels, factor in chosen]
         self.align = 2 ** (len(net.config.channel_mults) - 1)
         side = max(self.align, window - window % self.align)  # features.precision auto: timed at one window
-        self.bf16 = resolve_precision(cfg.precision, net, (2, 3, side, side), next(net.parameters()).device)
+        self.bf16 = resolve_precision(cfg.precision, net, (2, net.config.in_channels, side, side), next(net.parameters()).device)
 
     def describe(self) -> dict:
         return {"backbone": self.backbone.identity, "levels": list(self.levels),

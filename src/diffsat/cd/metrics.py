@@ -45,16 +45,26 @@ def scores(cm: np.ndarray) -> dict[str, float]:
     _, _, f1_0, iou_0 = class_scores(cm, 0)
     return {"precision": precision, "recall": recall, "f1": f1, "iou": iou,
             "oa": _ratio(np.trace(cm), cm.sum()), "kappa": kappa(cm),
-            "mean_f1": (f1 + f1_0) / 2, "mean_iou": (iou + iou_0) / 2,
-            "tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}
+            "mean_f1": (f1 + f1_0) / 2, "mean_iou": (iou + iou_0) / 2, **counts(cm)}
+
+
+def counts(cm: np.ndarray) -> dict[str, int]:
+    """``{"tn", "fp", "fn", "tp"}`` of a ``(2, 2)`` matrix."""
+    return {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])}
+
+
+def from_counts(row: dict) -> np.ndarray:
+    """The ``(2, 2)`` int64 matrix of a :func:`counts` dict (or any dict holding its keys)."""
+    return np.array([[row["tn"], row["fp"]], [row["fn"], row["tp"]]], dtype=np.int64)
 
 
 class Accumulator:
-    """One confusion matrix over a split, and each image's change-F1."""
+    """One confusion matrix over a split, and each image's change-F1 and counts."""
 
     def __init__(self) -> None:
         self.cm = np.zeros((2, 2), dtype=np.int64)
         self.per_image: dict[str, float] = {}
+        self.per_image_counts: dict[str, dict[str, int]] = {}
 
     def add(self, name: str, prediction: np.ndarray, truth: np.ndarray) -> None:
         self.add_counts(name, confusion(prediction, truth))
@@ -63,6 +73,11 @@ class Accumulator:
         """One image's ``(2, 2)`` confusion matrix."""
         self.cm += cm
         self.per_image[name] = class_scores(cm, 1)[2]
+        self.per_image_counts[name] = counts(cm)
 
     def result(self) -> dict:
-        return {**scores(self.cm), "pairs": len(self.per_image), "per_image_f1": dict(self.per_image)}
+        """:func:`scores` of the whole matrix, ``pairs``, ``per_image_f1`` and ``per_image`` (each pair's
+        change-F1 with its counts: they sum to the whole matrix)."""
+        per_image = {n: {"f1": self.per_image[n], **c} for n, c in self.per_image_counts.items()}
+        return {**scores(self.cm), "pairs": len(self.per_image), "per_image_f1": dict(self.per_image),
+                "per_image": per_image}

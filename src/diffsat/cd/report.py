@@ -16,32 +16,58 @@ MAX_FIGURES = 8
 COLUMNS = ("f1", "iou", "precision", "recall", "oa", "kappa", "mean_f1", "mean_iou")
 
 
+def _training_cells(r: dict) -> tuple[str, str, str]:
+    """CPU minutes, steps and best validation F1 of a method (summed / averaged over the folds of a
+    cross-validation), or dashes for CVA."""
+    runs = [f["training"] for f in r["folds"]] if "folds" in r else [r.get("training")]
+    runs = [t for t in runs if t]
+    if not runs:
+        return "none", "-", "-"
+    return (fmt(sum(t["cpu_s"] for t in runs) / 60), fmt(sum(t["step"] for t in runs)),
+            fmt(sum(t["best_f1"] for t in runs) / len(runs)))
+
+
+def _figure_folders(run_dir: Path, doc: dict, name: str) -> list[Path]:
+    first = next(iter(doc["methods"]))
+    runs = [run_dir / rundir.CD_FOLDS_DIR / str(f["index"]) for f in doc["folds"]] if "folds" in doc else [run_dir]
+    return [(r if name == first else r / rundir.CD_BASELINES_DIR / name) / rundir.CD_TEST_DIR / rundir.CD_FIGURES_DIR
+            for r in runs]
+
+
+def _note(doc: dict) -> str:
+    if "folds" in doc:
+        tests = "; ".join(f"fold {f['index']}: {', '.join(f['test'])}" for f in doc["folds"])
+        return (f'<p class="note">cross-validation over {len(doc["folds"])} folds ({tests}): every pair scored by '
+                "a model that never saw it; one confusion matrix per method summed over the folds (CPU minutes and "
+                "steps summed, best validation F1 averaged over the folds).</p>")
+    split = doc["split"]
+    return (f'<p class="note">test split: {len(split["test"])} pairs; trained on {len(split["train"])}, validated '
+            f'on {len(split["val"])}. One confusion matrix per method over the whole split.</p>')
+
+
 def results_section(run_dir: Path) -> str:
-    """The test-split table (one row per method) and the per-pair figures of each method."""
+    """The test table (one row per method), each pair's change-F1 per method, and the per-pair figures."""
     path = run_dir / rundir.CD_TEST_METRICS_FILE
     if not path.is_file():
         return f'<h2>Change detection</h2><p class="note">no {rundir.CD_TEST_METRICS_FILE} (no test split)</p>'
     doc = json.loads(path.read_text())
-    rows = []
-    for name, r in doc["methods"].items():
-        t = r.get("training") or {}
-        cpu = fmt(t["cpu_s"] / 60) if t else "none"
-        rows.append((name, *(fmt(r.get(c)) for c in COLUMNS), cpu, fmt(t.get("step")) if t else "-",
-                     fmt(t.get("best_f1")) if t else "-"))
+    methods = doc["methods"]
+    rows = [(name, *(fmt(r.get(c)) for c in COLUMNS), *_training_cells(r)) for name, r in methods.items()]
     header = ("method", "change-F1", "change-IoU", "precision", "recall", "OA", "kappa", "mean F1", "mean IoU",
               "CPU min", "steps", "best val F1")
-    split = doc["split"]
-    note = (f'<p class="note">test split: {len(split["test"])} pairs; trained on {len(split["train"])}, validated on '
-            f'{len(split["val"])}. One confusion matrix per method over the whole split.</p>')
-    parts = ["<h2>Change detection (test split)</h2>", note, table(header, rows, (False,) + (True,) * 11)]
-    first = next(iter(doc["methods"]), None)
-    for name in doc["methods"]:
-        method = run_dir if name == first else run_dir / rundir.CD_BASELINES_DIR / name
-        folder = method / rundir.CD_TEST_DIR / rundir.CD_FIGURES_DIR
-        pngs = sorted(folder.glob("*.png"))[:MAX_FIGURES] if folder.is_dir() else []
+    parts = ["<h2>Change detection (test split)</h2>", _note(doc), table(header, rows, (False,) + (True,) * 11)]
+    pairs = list(next(iter(methods.values()), {}).get("per_image_f1", {}))
+    if pairs:
+        pair_rows = [(p, *(fmt(r["per_image_f1"].get(p)) for r in methods.values())) for p in pairs]
+        parts += ["<h3>Change-F1 of each pair</h3>",
+                  table(("pair", *methods), pair_rows, (False,) + (True,) * len(methods))]
+    for name in methods:
+        pngs = [p for folder in _figure_folders(run_dir, doc, name) if folder.is_dir()
+                for p in sorted(folder.glob("*.png"))][:MAX_FIGURES]
         if pngs:
             parts.append(f"<h3>{name}: before | after | truth | prediction (TP white, FP red, FN blue)</h3>")
-            parts += [figure(p, f"{p.name}, F1 {fmt(doc['methods'][name]['per_image_f1'].get(p.name))}") for p in pngs]
+            f1 = methods[name]["per_image_f1"]
+            parts += [figure(p, f"{p.name}, F1 {fmt(f1.get(p.name, f1.get(p.stem)))}") for p in pngs]
     return "".join(parts)
 
 

@@ -132,7 +132,21 @@ def _inputs(sources: tuple[PairSource, ...], data: CDDataConfig, what: str) -> l
 
 def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg``'s method and baselines into ``run_dir``, score them on the test split, write
-    ``test_metrics.json`` and ``report.html``; returns the metrics document."""
+    ``test_metrics.json`` and ``report.html``; returns the metrics document. A config with ``data.folds`` is
+    :func:`diffsat.cd.folds.cross_validate`'s."""
+    if cfg.data.folds:
+        raise DataError("the config sets data.folds: train it with diffsat.cd.cross_validate (as `diffsat cd "
+                        "train` does), one run per fold")
+    train_inputs = _inputs(cfg.data.train, cfg.data, "training pairs")
+    val_inputs, test = _inputs(cfg.data.val, cfg.data, "validation pairs"), _inputs(cfg.data.test, cfg.data, "test pairs")
+    return train_split(cfg, run_dir, train_inputs, val_inputs, test, resume, progress)
+
+
+def train_split(cfg: CDConfig, run_dir: str | Path, train_inputs: list[PairInput], val_inputs: list[PairInput],
+                test: list[PairInput], resume: bool = False, progress: bool = True,
+                features_dir: Path | None = None) -> dict:
+    """:func:`train_cd` on pairs already opened (``cfg.data``'s splits, which ``config.json`` records);
+    ``features_dir``: where backbone features are cached (default ``RUN/features``)."""
     from .report import write_cd_report
 
     run_dir = Path(run_dir)
@@ -140,10 +154,8 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
         torch.set_num_threads(cfg.train.threads)
     if not resume and has_training(run_dir):
         raise DataError(f"{run_dir}: already holds a trained run; continue it with --resume or choose another --out")
-    train_inputs = _inputs(cfg.data.train, cfg.data, "training pairs")
     if not train_inputs:
         raise DataError("data.train lists no pair source: a change-detection run needs training pairs")
-    val_inputs, test = _inputs(cfg.data.val, cfg.data, "validation pairs"), _inputs(cfg.data.test, cfg.data, "test pairs")
     if resume and (run_dir / NORMALISATION_FILE).is_file():  # the map the run began with
         norm = load_run_normalisation(run_dir)
     else:
@@ -161,7 +173,7 @@ def train_cd(cfg: CDConfig, run_dir: str | Path, resume: bool = False, progress:
         folder = method_dir(run_dir, cfg, name)
         method, training = None, None
         if name != "cva":
-            method = build_method(name, cfg, run_dir / CD_FEATURES_DIR, norm.channels)
+            method = build_method(name, cfg, features_dir or run_dir / CD_FEATURES_DIR, norm.channels)
             save_cd_config(cfg, folder / CONFIG_FILE)
             again = resume and has_training(folder)
             if again and not committed_checkpoints(folder):
@@ -190,6 +202,10 @@ def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, li
         raise DataError(f"{run_dir}: not a change-detection run directory (no config.json); give the --out of "
                         "`diffsat cd train`")
     cfg = load_cd_config(run_dir)
+    if cfg.data.folds:
+        tests = "; ".join(f"folds/{k} scores {', '.join(f.test)}" for k, f in enumerate(cfg.data.folds))
+        raise DataError(f"{run_dir}: a cross-validation run, one model per fold: predict with one of its folds "
+                        f"({tests})")
     name = method_name or cfg.head.kind
     if name not in (cfg.head.kind, *cfg.head.compare):
         raise DataError(f"{run_dir}: holds no method '{name}' (it trained {', '.join((cfg.head.kind, *cfg.head.compare))})")

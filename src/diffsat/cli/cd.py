@@ -17,8 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verbs = p.add_subparsers(dest="cd_verb", metavar="VERB", required=True)
 
     t = add_parser(verbs, "train", "Train the config's change head and its baselines (head.compare) into a run "
-                   "directory; score them all on the test split (test_metrics.json, report.html).",
+                   "directory; score them all on the test split (test_metrics.json, report.html). With data.folds: one run "
+                   "per fold in RUN/folds/<k>, every pair scored by the fold that never saw it, pooled in RUN.",
                    "diffsat cd train configs/cd_levir_cpu.json --out runs/cd --set train.cpu_minutes=5\n"
+                   "  diffsat cd train configs/cd_oscd_cpu.json --out runs/cd_oscd\n"
                    "  diffsat cd train --resume --out runs/cd")
     t.add_argument("config", nargs="?", help="change-detection JSON config ({\"cd\": {...}}); optional with --resume")
     t.add_argument("--out", required=True, type=Path, help="run directory")
@@ -60,16 +62,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from ..cd import load_cd_config, train_cd
+    from ..cd import cross_validate, load_cd_config, train_cd
     from ..cd.run import summary_line
     from ..errors import DiffsatError
 
     if args.config is None and not args.resume:
         raise DiffsatError("give a CONFIG to train from (or --resume to continue the run in --out)")
     cfg = load_cd_config(args.config if args.config is not None else args.out, args.overrides)
-    doc = train_cd(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    train = cross_validate if cfg.data.folds else train_cd
+    doc = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     for name, result in doc["methods"].items():
         print(summary_line(name, result))
+        if "folds" in result:
+            print("  per pair: " + ", ".join(f"{p} {f1:.3f}" for p, f1 in result["per_image_f1"].items()))
     print(f"run directory {args.out} (test_metrics.json, report.html)")
     return 0
 

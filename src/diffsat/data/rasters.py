@@ -2,8 +2,8 @@
 
 ``data.path`` is one raster file, a folder of raster files (searched recursively; each file one scene with
 all its bands), or an OSCD root (both dates of every city, each date's band files stacked onto its 10 m
-grid). ``data.bands`` chooses bands by name or position. With ``data.holdout`` every ``holdout``-th scene
-(in sorted order) is the ``test`` split. The band normalisation (``data.normalisation``) is always made from
+grid). ``data.bands`` chooses bands by name or position, ``data.scenes`` scenes by name (OSCD cities, file
+stems). With ``data.holdout`` every ``holdout``-th scene (in sorted order) is the ``test`` split. The band normalisation (``data.normalisation``) is always made from
 the training split's scenes, so both splits are mapped alike, and the dataset carries it for the run to
 store. Each scene is cut into non-overlapping ``load_size`` tiles (default ``image_size``; random crops
 then cut ``image_size`` windows out of them); tiles with a nodata pixel are skipped and counted. Tiles are
@@ -37,7 +37,8 @@ def raster_scenes(cfg: DataConfig) -> list[BandStack]:
     root = Path(os.path.abspath(Path(cfg.path).expanduser()))
     if is_oscd(root):
         images, _ = oscd_folders(root)
-        return [stack_from_path(images / city / date, cfg.bands) for city in oscd_cities(root) for date in DATES]
+        cities = _chosen(oscd_cities(root), cfg.scenes, root, "OSCD city")
+        return [stack_from_path(images / city / date, cfg.bands) for city in cities for date in DATES]
     if root.is_file():
         return [stack_from_path(root, cfg.bands)]
     if not root.is_dir():
@@ -47,7 +48,21 @@ def raster_scenes(cfg: DataConfig) -> list[BandStack]:
     if not files:
         raise DataError(f"{root}: no raster files ({' '.join(sorted(RASTER_SUFFIXES))}); point data.path at "
                         "GeoTIFFs (PNG / JPEG folders are data.kind 'folder')")
+    if cfg.scenes is not None:
+        by_stem = {f.stem: f for f in files}
+        files = [by_stem[s] for s in _chosen(list(by_stem), cfg.scenes, root, "raster file")]
     return [stack_from_path(f, cfg.bands) for f in files]
+
+
+def _chosen(available: list[str], wanted: tuple[str, ...] | None, root: Path, what: str) -> list[str]:
+    """``wanted`` (``data.scenes``) in its order, each checked against ``available``; ``None``: all of them."""
+    if wanted is None:
+        return available
+    absent = [n for n in wanted if n not in available]
+    if absent:
+        raise DataError(f"{root}: no {what} '{absent[0]}' (data.scenes); it holds {', '.join(available[:8])}"
+                        f"{' ...' if len(available) > 8 else ''}")
+    return list(wanted)
 
 
 def scene_tiles(scene: BandStack, norm: BandNormalisation, side: int) -> tuple[list[np.ndarray], int]:

@@ -49,6 +49,8 @@ CD_BASELINES_DIR = "baselines"
 CD_TEST_DIR = "test"
 """The masks a change-detection method predicted for the test split, in its folder."""
 CD_FIGURES_DIR = "figures"
+CD_FOLDS_DIR = "folds"
+"""A cross-validated change-detection run's folds, one ordinary run ``folds/<k>/`` each."""
 """Beside predicted masks: one before | after | truth | prediction figure per pair."""
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, STATE_FILE, SCHEDULE_FILE, METRICS_FILE, REPORT_FILE, LOSS_PLOT,
              QUALITY_PLOT, TENSORBOARD_DIR, CHECKPOINTS_DIR, LATENT_CACHE, RECONSTRUCTION_FILE,

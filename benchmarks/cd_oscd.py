@@ -1,0 +1,135 @@
+"""Change detection on OSCD by leaving cities out (configs/cd_oscd_cpu.json: 3 folds of 3 labelled cities):
+DDPM-CD's head on diffusion features beside FC-Siam-diff and CVA, and the ablations of issue 28.
+
+Each variant is one cross-validated ``diffsat cd train`` (``runs/bench_oscd/<variant>``); the variants share
+one backbone-feature cache (``runs/bench_oscd/features``, keyed by content, so a fold's own normalisation
+and each backbone get their own entries). Head training is budgeted in process CPU time per fold and method
+(``train.cpu_minutes``). One JSON line per variant goes to benchmarks/results/cd_oscd.jsonl.
+
+    python benchmarks/cd_oscd.py run --variant w10 --set train.change_weight=10
+    python benchmarks/cd_oscd.py run --variant rgb --set 'data.bands=["B04","B03","B02"]' \
+        --set features.backbone=runs/oscd_backbone_rgb
+    python benchmarks/cd_oscd.py random-backbone --like runs/oscd_backbone --out runs/oscd_backbone_random
+    python benchmarks/cd_oscd.py timing --run runs/bench_oscd/w10/folds/1 --city bordeaux
+    python benchmarks/cd_oscd.py table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from diffsat.cd import cross_validate, load_cd_config, predict_run
+from diffsat.cd.run import OutputOptions
+from diffsat.config import save_config
+from diffsat.precision import cpu_description
+from diffsat.rundir import CD_FEATURES_DIR
+from diffsat.rundir.loading import random_model
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "bench_oscd"
+RESULTS = ROOT / "benchmarks" / "results" / "cd_oscd.jsonl"
+KEYS = ("f1", "iou", "precision", "recall", "oa", "kappa", "tn", "fp", "fn", "tp", "per_image_f1")
+
+
+def run_variant(args: argparse.Namespace) -> None:
+    cfg = load_cd_config(args.config, args.overrides)
+    run = RUNS / args.variant
+    run.mkdir(parents=True, exist_ok=True)
+    (RUNS / CD_FEATURES_DIR).mkdir(exist_ok=True)
+    if not (run / CD_FEATURES_DIR).exists():
+        (run / CD_FEATURES_DIR).symlink_to(RUNS / CD_FEATURES_DIR, target_is_directory=True)
+    t0, c0 = time.perf_counter(), time.process_time()
+    doc = cross_validate(cfg, run, resume=args.resume, progress=False)
+    methods = {}
+    for name, r in doc["methods"].items():
+        trained = [f["training"] for f in r["folds"] if f["training"]]
+        methods[name] = {**{k: r[k] for k in KEYS},
+                         "val_f1": [t["best_f1"] for t in trained], "steps": [t["step"] for t in trained],
+                         "cpu_min": sum(t["cpu_s"] for t in trained) / 60}
+    line = {"variant": args.variant, "date": date.today().isoformat(), "cpu": cpu_description(),
+            "threads": torch.get_num_threads(), "overrides": args.overrides, "wall_s": time.perf_counter() - t0,
+            "process_cpu_s": time.process_time() - c0, "methods": methods}
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    for name, r in methods.items():
+        val = f", val F1 per fold {', '.join(f'{v:.3f}' for v in r['val_f1'])}" if r["val_f1"] else ""
+        print(f"{args.variant} {name}: change-F1 {r['f1']:.4f} precision {r['precision']:.3f} recall "
+              f"{r['recall']:.3f} kappa {r['kappa']:.3f}{val}")
+
+
+def random_backbone(args: argparse.Namespace) -> None:
+    """A run directory with the architecture of ``--like`` and random weights (seed 0): the ablation's
+    backbone that learnt nothing."""
+    loaded = random_model(args.like, seed=0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in loaded.network.state_dict().items()}, str(out / "ema.safetensors"))
+    save_config(loaded.config, out / "config.json")
+    print(f"random-weight backbone like {args.like} in {out}")
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Wall seconds to predict one whole city (read, windows, features, GeoTIFF and GeoJSON written), per
+    method, features not cached."""
+    torch.set_num_threads(args.threads)
+    cfg = load_cd_config(args.run)
+    for name in (cfg.head.kind, *cfg.head.compare):
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            _, result = predict_run(args.run, args.pairs, out, method_name=name, names=(args.city,),
+                                    options=OutputOptions(figures=False), progress=False)
+            wall = time.perf_counter() - t0
+        print(f"{args.city} {name}: {wall:.1f} s wall at {args.threads} threads (change-F1 {result['f1']:.3f}); "
+              f"{cpu_description()}")
+
+
+def print_table() -> None:
+    runs = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    print("| variant | method | change-F1 | IoU | precision | recall | kappa | val F1 (mean of folds) | head CPU min |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for run in runs:
+        for name, r in run["methods"].items():
+            val = f"{sum(r['val_f1']) / len(r['val_f1']):.3f}" if r["val_f1"] else "-"
+            cells = " | ".join(f"{r[k]:.3f}" for k in ("f1", "iou", "precision", "recall", "kappa"))
+            print(f"| {run['variant']} | {name} | {cells} | {val} | {r['cpu_min']:.1f} |")
+    cities = list(runs[0]["methods"][next(iter(runs[0]["methods"]))]["per_image_f1"])
+    print("\n| variant | method | " + " | ".join(cities) + " |")
+    print("|---|---|" + "---:|" * len(cities))
+    for run in runs:
+        for name, r in run["methods"].items():
+            print(f"| {run['variant']} | {name} | " + " | ".join(f"{r['per_image_f1'][c]:.3f}" for c in cities) + " |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = p.add_subparsers(dest="verb", required=True)
+    r = verbs.add_parser("run")
+    r.add_argument("--variant", required=True)
+    r.add_argument("--config", default=str(ROOT / "configs" / "cd_oscd_cpu.json"))
+    r.add_argument("--set", dest="overrides", action="append", default=[])
+    r.add_argument("--resume", action="store_true")
+    b = verbs.add_parser("random-backbone")
+    b.add_argument("--like", required=True)
+    b.add_argument("--out", required=True)
+    t = verbs.add_parser("timing")
+    t.add_argument("--run", required=True, help="one fold's run directory")
+    t.add_argument("--city", required=True)
+    t.add_argument("--pairs", default=str(ROOT.parent / "shared" / "data" / "oscd"))
+    t.add_argument("--threads", type=int, default=2)
+    verbs.add_parser("table")
+    args = p.parse_args()
+    {"run": run_variant, "random-backbone": random_backbone, "timing": timing,
+     "table": lambda a: print_table()}[args.verb](args)
+
+
+if __name__ == "__main__":
+    main()
