@@ -10,6 +10,7 @@ and each backbone get their own entries). Head training is budgeted in process C
     python benchmarks/cd_oscd.py run --variant rgb --set 'data.bands=["B04","B03","B02"]' \
         --set features.backbone=runs/oscd_backbone_rgb
     python benchmarks/cd_oscd.py random-backbone --like runs/oscd_backbone --out runs/oscd_backbone_random
+    python benchmarks/cd_oscd.py checkpoint-backbone --run runs/oscd_backbone --step 100 --out runs/oscd_backbone_100
     python benchmarks/cd_oscd.py timing --run runs/bench_oscd/w10/folds/1 --city bordeaux
     python benchmarks/cd_oscd.py table
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from datetime import date
@@ -30,7 +32,7 @@ from diffsat.cd import cross_validate, load_cd_config, predict_run
 from diffsat.cd.run import OutputOptions
 from diffsat.config import save_config
 from diffsat.precision import cpu_description
-from diffsat.rundir import CD_FEATURES_DIR
+from diffsat.rundir import CD_FEATURES_DIR, CHECKPOINTS_DIR, CONFIG_FILE, EMA_FILE
 from diffsat.rundir.loading import random_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +79,19 @@ def random_backbone(args: argparse.Namespace) -> None:
     print(f"random-weight backbone like {args.like} in {out}")
 
 
+def checkpoint_backbone(args: argparse.Namespace) -> None:
+    """A run directory holding one earlier checkpoint's EMA weights of ``--run``: the backbone at a smaller
+    pretraining budget."""
+    step_dir = Path(args.run) / CHECKPOINTS_DIR / f"step-{args.step:07d}"
+    if not (step_dir / EMA_FILE).is_file():
+        raise SystemExit(f"{step_dir / EMA_FILE} does not exist: list {Path(args.run) / CHECKPOINTS_DIR} for the steps kept")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(step_dir / EMA_FILE, out / EMA_FILE)
+    shutil.copyfile(Path(args.run) / CONFIG_FILE, out / CONFIG_FILE)
+    print(f"backbone {args.run} at step {args.step} in {out}")
+
+
 def timing(args: argparse.Namespace) -> None:
     """Wall seconds to predict one whole city (read, windows, features, GeoTIFF and GeoJSON written), per
     method, features not cached."""
@@ -94,19 +109,20 @@ def timing(args: argparse.Namespace) -> None:
 
 def print_table() -> None:
     runs = [json.loads(line) for line in RESULTS.read_text().splitlines()]
-    print("| variant | method | change-F1 | IoU | precision | recall | kappa | val F1 (mean of folds) | head CPU min |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | CPU | method | change-F1 | IoU | precision | recall | kappa | val F1 (mean of folds) | head steps (mean) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for run in runs:
         for name, r in run["methods"].items():
             val = f"{sum(r['val_f1']) / len(r['val_f1']):.3f}" if r["val_f1"] else "-"
             cells = " | ".join(f"{r[k]:.3f}" for k in ("f1", "iou", "precision", "recall", "kappa"))
-            print(f"| {run['variant']} | {name} | {cells} | {val} | {r['cpu_min']:.1f} |")
+            steps = f"{sum(r['steps']) / len(r['steps']):.0f}" if r["steps"] else "-"
+            print(f"| {run['variant']} | {run['cpu']} | {name} | {cells} | {val} | {steps} |")
     cities = list(runs[0]["methods"][next(iter(runs[0]["methods"]))]["per_image_f1"])
-    print("\n| variant | method | " + " | ".join(cities) + " |")
-    print("|---|---|" + "---:|" * len(cities))
+    print("\n| variant | CPU | method | " + " | ".join(cities) + " |")
+    print("|---|---|---|" + "---:|" * len(cities))
     for run in runs:
         for name, r in run["methods"].items():
-            print(f"| {run['variant']} | {name} | " + " | ".join(f"{r['per_image_f1'][c]:.3f}" for c in cities) + " |")
+            print(f"| {run['variant']} | {run['cpu']} | {name} | " + " | ".join(f"{r['per_image_f1'][c]:.3f}" for c in cities) + " |")
 
 
 def main() -> None:
@@ -120,6 +136,10 @@ def main() -> None:
     b = verbs.add_parser("random-backbone")
     b.add_argument("--like", required=True)
     b.add_argument("--out", required=True)
+    c = verbs.add_parser("checkpoint-backbone")
+    c.add_argument("--run", required=True)
+    c.add_argument("--step", type=int, required=True)
+    c.add_argument("--out", required=True)
     t = verbs.add_parser("timing")
     t.add_argument("--run", required=True, help="one fold's run directory")
     t.add_argument("--city", required=True)
@@ -127,7 +147,8 @@ def main() -> None:
     t.add_argument("--threads", type=int, default=2)
     verbs.add_parser("table")
     args = p.parse_args()
-    {"run": run_variant, "random-backbone": random_backbone, "timing": timing,
+    {"run": run_variant, "random-backbone": random_backbone,
+     "checkpoint-backbone": checkpoint_backbone, "timing": timing,
      "table": lambda a: print_table()}[args.verb](args)
 
 
