@@ -32,7 +32,7 @@ from diffsat.cd import cross_validate, load_cd_config, predict_run
 from diffsat.cd.run import OutputOptions
 from diffsat.config import save_config
 from diffsat.precision import cpu_description
-from diffsat.rundir import CD_FEATURES_DIR, CHECKPOINTS_DIR, CONFIG_FILE, EMA_FILE
+from diffsat.rundir import CD_FEATURES_DIR, CHECKPOINTS_DIR, CONFIG_FILE, EMA_FILE, step_dir
 from diffsat.rundir.loading import random_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +82,12 @@ def random_backbone(args: argparse.Namespace) -> None:
 def checkpoint_backbone(args: argparse.Namespace) -> None:
     """A run directory holding one earlier checkpoint's EMA weights of ``--run``: the backbone at a smaller
     pretraining budget."""
-    step_dir = Path(args.run) / CHECKPOINTS_DIR / f"step-{args.step:07d}"
-    if not (step_dir / EMA_FILE).is_file():
-        raise SystemExit(f"{step_dir / EMA_FILE} does not exist: list {Path(args.run) / CHECKPOINTS_DIR} for the steps kept")
+    weights = step_dir(args.run, args.step) / EMA_FILE
+    if not weights.is_file():
+        raise SystemExit(f"{weights} does not exist: list {Path(args.run) / CHECKPOINTS_DIR} for the steps kept")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(step_dir / EMA_FILE, out / EMA_FILE)
+    shutil.copyfile(weights, out / EMA_FILE)
     shutil.copyfile(Path(args.run) / CONFIG_FILE, out / CONFIG_FILE)
     print(f"backbone {args.run} at step {args.step} in {out}")
 
@@ -107,6 +107,10 @@ def timing(args: argparse.Namespace) -> None:
               f"{cpu_description()}")
 
 
+def _row_start(run: dict, method: str) -> str:
+    return f"| {run['variant']} | {run['cpu']} | {method} | "
+
+
 def print_table() -> None:
     runs = [json.loads(line) for line in RESULTS.read_text().splitlines()]
     print("| variant | CPU | method | change-F1 | IoU | precision | recall | kappa | val F1 (mean of folds) | head steps (mean) |")
@@ -116,13 +120,13 @@ def print_table() -> None:
             val = f"{sum(r['val_f1']) / len(r['val_f1']):.3f}" if r["val_f1"] else "-"
             cells = " | ".join(f"{r[k]:.3f}" for k in ("f1", "iou", "precision", "recall", "kappa"))
             steps = f"{sum(r['steps']) / len(r['steps']):.0f}" if r["steps"] else "-"
-            print(f"| {run['variant']} | {run['cpu']} | {name} | {cells} | {val} | {steps} |")
+            print(f"{_row_start(run, name)}{cells} | {val} | {steps} |")
     cities = list(runs[0]["methods"][next(iter(runs[0]["methods"]))]["per_image_f1"])
     print("\n| variant | CPU | method | " + " | ".join(cities) + " |")
     print("|---|---|---|" + "---:|" * len(cities))
     for run in runs:
         for name, r in run["methods"].items():
-            print(f"| {run['variant']} | {run['cpu']} | {name} | " + " | ".join(f"{r['per_image_f1'][c]:.3f}" for c in cities) + " |")
+            print(_row_start(run, name) + " | ".join(f"{r['per_image_f1'][c]:.3f}" for c in cities) + " |")
 
 
 def main() -> None:
