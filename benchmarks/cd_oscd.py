@@ -6,12 +6,14 @@ one backbone-feature cache (``runs/bench_oscd/features``, keyed by content, so a
 and each backbone get their own entries). Head training is budgeted in process CPU time per fold and method
 (``train.cpu_minutes``). One JSON line per variant goes to benchmarks/results/cd_oscd.jsonl.
 
+    python benchmarks/cd_oscd.py run --variant recipe                          # the config as it is
     python benchmarks/cd_oscd.py run --variant w10 --set train.change_weight=10
     python benchmarks/cd_oscd.py run --variant rgb --set 'data.bands=["B04","B03","B02"]' \
         --set features.backbone=runs/oscd_backbone_rgb
     python benchmarks/cd_oscd.py random-backbone --like runs/oscd_backbone --out runs/oscd_backbone_random
     python benchmarks/cd_oscd.py checkpoint-backbone --run runs/oscd_backbone --step 100 --out runs/oscd_backbone_100
-    python benchmarks/cd_oscd.py timing --run runs/bench_oscd/w10/folds/1 --city bordeaux
+    python benchmarks/cd_oscd.py timing --run runs/bench_oscd/w30/folds/1 --city bordeaux --window 520 --margin 32
+    python benchmarks/cd_oscd.py windows --variant w30 --window 520 --margin 32
     python benchmarks/cd_oscd.py table
 """
 
@@ -38,6 +40,7 @@ from diffsat.rundir.loading import random_model
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "bench_oscd"
 RESULTS = ROOT / "benchmarks" / "results" / "cd_oscd.jsonl"
+WINDOW_RESULTS = ROOT / "benchmarks" / "results" / "cd_oscd_windows.jsonl"
 KEYS = ("f1", "iou", "precision", "recall", "oa", "kappa", "tn", "fp", "fn", "tp", "per_image_f1")
 
 
@@ -101,10 +104,38 @@ def timing(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as out:
             t0 = time.perf_counter()
             _, result = predict_run(args.run, args.pairs, out, method_name=name, names=(args.city,),
-                                    options=OutputOptions(figures=False), progress=False)
+                                    options=OutputOptions(figures=False), progress=False, window=args.window,
+                                    margin=args.margin)
             wall = time.perf_counter() - t0
-        print(f"{args.city} {name}: {wall:.1f} s wall at {args.threads} threads (change-F1 {result['f1']:.3f}); "
-              f"{cpu_description()}")
+        print(f"{args.city} {name}: {wall:.1f} s wall at {args.threads} threads, window {args.window or cfg.data.window} "
+              f"(change-F1 {result['f1']:.3f}); {cpu_description()}")
+
+
+def rescore_windows(args: argparse.Namespace) -> None:
+    """A cross-validated variant's 9 cities predicted again by their folds' models with another prediction
+    window / margin: the pooled change-F1 (one confusion matrix) and the CPU time, one line to
+    benchmarks/results/cd_oscd_windows.jsonl."""
+    torch.set_num_threads(args.threads)
+    run = RUNS / args.variant
+    cfg = load_cd_config(run)
+    cm = {"tn": 0, "fp": 0, "fn": 0, "tp": 0}
+    c0 = time.process_time()
+    for k, fold in enumerate(cfg.data.folds):
+        with tempfile.TemporaryDirectory() as out:
+            _, result = predict_run(run / "folds" / str(k), args.pairs, out, method_name=args.method,
+                                    names=fold.test, options=OutputOptions(figures=False, polygons=False),
+                                    progress=False, window=args.window, margin=args.margin)
+        for key in cm:
+            cm[key] += result[key]
+    f1 = 2 * cm["tp"] / max(1, 2 * cm["tp"] + cm["fp"] + cm["fn"])
+    line = {"variant": args.variant, "method": args.method, "window": args.window or cfg.data.window,
+            "margin": args.margin if args.margin is not None else cfg.data.margin, "f1": f1, **cm,
+            "process_cpu_s": time.process_time() - c0, "threads": args.threads, "date": date.today().isoformat(),
+            "cpu": cpu_description()}
+    with open(WINDOW_RESULTS, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(f"{args.variant} {args.method} window {line['window']} margin {line['margin']}: change-F1 {f1:.4f}, "
+          f"{line['process_cpu_s']:.0f} CPU-s for the 9 cities")
 
 
 def _row_start(run: dict, method: str) -> str:
@@ -149,10 +180,19 @@ def main() -> None:
     t.add_argument("--city", required=True)
     t.add_argument("--pairs", default=str(ROOT.parent / "shared" / "data" / "oscd"))
     t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--window", type=int, help="prediction window (default: the run's data.window)")
+    t.add_argument("--margin", type=int)
+    w = verbs.add_parser("windows", help=rescore_windows.__doc__)
+    w.add_argument("--variant", required=True)
+    w.add_argument("--method", default="ddpmcd")
+    w.add_argument("--window", type=int)
+    w.add_argument("--margin", type=int)
+    w.add_argument("--threads", type=int, default=1)
+    w.add_argument("--pairs", default=str(ROOT.parent / "shared" / "data" / "oscd"))
     verbs.add_parser("table")
     args = p.parse_args()
     {"run": run_variant, "random-backbone": random_backbone,
-     "checkpoint-backbone": checkpoint_backbone, "timing": timing,
+     "checkpoint-backbone": checkpoint_backbone, "timing": timing, "windows": rescore_windows,
      "table": lambda a: print_table()}[args.verb](args)
 
 

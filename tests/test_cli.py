@@ -94,3 +94,16 @@ def test_every_verb_has_help_with_an_example(capsys) -> None:
             main([name, "--help"])
         assert exit_.value.code == 0
         assert "example:" in capsys.readouterr().out, name
+
+
+@pytest.mark.parametrize("verb", ["sample", "chain", "upscale"])
+def test_sampler_help_states_the_verbs_own_defaults(verb: str, capsys) -> None:
+    """The help of --sampler, --steps and --batch-size names the default the verb actually parses."""
+    from diffsat.cli import build_parser
+
+    args = build_parser().parse_args([verb, "run", "--out", "o"])
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: {args.sampler} (" in text and f"(default: {args.steps})" in text
+    assert f"images per network call (default: {args.batch_size})" in text

@@ -352,6 +352,10 @@ class ConditionConfig(_Section):
     """Gaussian noise added to the low-resolution image (model range [-1, 1] units), drawn from the step's
     generator; 0: none."""
     method: Literal["diffusion", "regression"] = "diffusion"
+    target: Literal["image", "residual"] = "image"
+    """What the network makes: ``image``, the high-resolution image itself (SR3); ``residual``, its difference
+    from the bicubically upsampled condition (SRDiff, Li et al. 2022), which the output adds back
+    (:func:`diffsat.diffusion.conditioning.to_target`). SR3 checkpoints are ``image``."""
 
 
 class Config(_Section):

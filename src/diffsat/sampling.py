@@ -137,8 +137,10 @@ def prepare_net(net: torch.nn.Module, settings: SampleSettings, device: torch.de
     net = net.eval().to(device)
     if settings.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    # Freezing lets inductor pre-pack the convolution weights (benchmarks/RESULTS.md).
-    return torch.compile(net, options={"freezing": True}) if settings.compile else net
+    # Freezing lets inductor pre-pack the convolution weights (benchmarks/RESULTS.md). Static shapes: a last,
+    # smaller batch (or a second network in the process) recompiles instead of turning on automatic dynamic
+    # shapes, which fail inside inductor on this U-Net (ValueRangeError in the lowering).
+    return torch.compile(net, dynamic=False, options={"freezing": True}) if settings.compile else net
 
 
 def _with_progress(bar: tqdm, callback: Callback | None) -> Callback:

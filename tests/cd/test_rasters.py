@@ -165,6 +165,28 @@ def test_predict_run_on_png_pairs_is_unchanged(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["p0.png", "p1.png", "p2.png", "p3.png"]
 
 
+def test_predict_takes_another_window_and_checks_its_margin(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``window`` / ``margin`` replace the run's ``data.window`` / ``data.margin`` for one prediction (the run's
+    config is left as it was); a margin of half the window or more is one line."""
+    make_pairs(tmp_path / "pairs", n=4)
+    train_cd(parse_cd_config(cd_config(tmp_path / "pairs", None, max_steps=1)), tmp_path / "run", progress=False)
+    sides: list[tuple[int, int]] = []
+    original = ImageMethod.window_logits
+    monkeypatch.setattr(ImageMethod, "window_logits",
+                        lambda self, a, b, y, x: sides.append(tuple(a.shape[1:])) or original(self, a, b, y, x))
+    predict_run(tmp_path / "run", tmp_path / "pairs", tmp_path / "run32", progress=False, names=("p0.png",))
+    assert sides == [(32, 32)]  # the run's window: a 32 px pair is one window
+    sides.clear()
+    n, result = predict_run(tmp_path / "run", tmp_path / "pairs", tmp_path / "out16", progress=False,
+                            names=("p0.png",), window=16, margin=2)
+    assert n == 1 and sides == [(16, 16)] * 9 and result["tn"] + result["fp"] + result["fn"] + result["tp"] == 32 * 32
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["cd"]["data"]["window"] == 32
+    code = main(["cd", "predict", str(tmp_path / "run"), "--pairs", str(tmp_path / "pairs"), "--out",
+                 str(tmp_path / "bad"), "--window", "16", "--margin", "8", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "data.margin (8) must be less than half of data.window (16)" in err
+
+
 def test_an_unreadable_raster_pair_is_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
     make_pairs(tmp_path / "pairs", n=4)
     train_cd(parse_cd_config(cd_config(tmp_path / "pairs", None, max_steps=1)), tmp_path / "run", progress=False)

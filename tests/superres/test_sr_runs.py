@@ -35,6 +35,23 @@ def test_a_super_resolution_run_resumes_exactly(tiles: Path, tmp_path: Path, met
     assert saved["condition"]["method"] == method and saved["condition"]["scale"] == 4
 
 
+@pytest.mark.parametrize("method", ["diffusion", "regression"])
+@pytest.mark.parametrize("target", ["image", "residual"])
+def test_the_loss_compares_with_the_image_or_its_residual_over_the_bicubic_input(
+        tiles: Path, tmp_path: Path, method: str, target: str) -> None:
+    """A network that makes zeros: the regression's L1 loss is the mean |target|; the x0-objective diffusion
+    loss likewise (its x0 estimate is the network's output)."""
+    raw = sr_config(tiles, method)
+    raw["condition"]["target"], raw["diffusion"]["objective"] = target, "x0"
+    task = make_trainer(parse_config(raw), tmp_path / "run").task
+    batch = task.batch(0)
+    zeros = lambda x, level: torch.zeros_like(x[:, -3:])  # noqa: E731
+    loss, _ = task.loss(zeros, batch, torch.Generator().manual_seed(0))
+    made = batch.x - batch.condition if target == "residual" else batch.x
+    assert (batch.x - batch.condition).abs().mean() > 0.05  # the two targets differ
+    assert loss.item() == pytest.approx(made.abs().mean().item(), rel=1e-5)
+
+
 def test_train_upscale_held_out_and_refusals(tiles: Path, tmp_path: Path, capsys) -> None:
     config = write_config(tmp_path / "sr.json", sr_config(tiles, eval_every=4, eval_samples=2))
     assert main(["train", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
@@ -46,7 +63,7 @@ def test_train_upscale_held_out_and_refusals(tiles: Path, tmp_path: Path, capsys
                  "--samples", "2", "--no-progress"]) == 0
     record = json.loads((out / "metrics.json").read_text())
     assert record["images"] == 3 and len(record["per_image"]) == 3
-    assert set(record["summary"]) == {"bicubic", "diffusion (dpm++, 2 steps)", "mean of 2 draws"}
+    assert set(record["summary"]) == {"bicubic", "diffusion (dpm++sde, 2 steps)", "mean of 2 draws"}
     bicubic = record["summary"]["bicubic"]
     assert bicubic["psnr"] == pytest.approx(sum(r["bicubic"]["psnr"] for r in record["per_image"]) / 3)
     assert {"psnr", "ssim", "psnr_y", "ssim_y", "consistency_psnr", "swd"} <= set(bicubic)

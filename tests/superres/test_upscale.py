@@ -20,6 +20,7 @@ from diffsat.sampling import SampleSettings
 from diffsat.superres import upscale as up
 from diffsat.diffusion.conditioning import regress
 from diffsat.superres.degradation import condition_input
+from diffsat.superres.outputs import upscale_tiles
 from diffsat.superres.upscale import UpscaleError, UpscaleOptions, upscale_file
 
 from sr_fixtures import sr_config
@@ -42,6 +43,13 @@ class LocalNet(nn.Module):
         return (x + 0.3 * self.conv(x)).clamp(-1, 1)
 
 
+class ZeroNet(nn.Module):
+    """A network that makes zeros of the image's 3 channels, whatever its input."""
+
+    def forward(self, x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x[:, -3:])
+
+
 def regression_config(tmp_path: Path):
     return parse_config(sr_config(tmp_path, "regression"))
 
@@ -61,6 +69,18 @@ def test_stitched_windows_reproduce_the_whole_image_output(tmp_path: Path) -> No
     expected = np.clip(np.round((whole.numpy() + 1) * 127.5), 0, 255).transpose(1, 2, 0).astype(int)
     assert stitched.shape == (148, 116, 3)
     assert np.abs(stitched - expected).max() <= 1 and (stitched != expected).mean() < 1e-3
+
+
+@pytest.mark.parametrize("method", ["diffusion", "regression"])
+def test_a_residual_network_that_makes_zeros_gives_the_bicubic_input(tmp_path: Path, method: str) -> None:
+    raw = sr_config(tmp_path, method)
+    raw["condition"]["target"], raw["diffusion"]["objective"] = "residual", "x0"
+    config = parse_config(raw)
+    zeros = ZeroNet()
+    low = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = upscale_tiles(zeros, config, low, 0, SETTINGS, draws=2)
+    assert out.shape == (2, 2, 3, 24, 24)
+    assert torch.allclose(out, condition_input(low, 4)[:, None].expand_as(out), atol=1e-5)
 
 
 def test_a_georeferenced_raster_keeps_its_grid_at_the_finer_pixel_size(tmp_path: Path) -> None:

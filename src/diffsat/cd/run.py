@@ -194,14 +194,18 @@ def train_split(cfg: CDConfig, run_dir: str | Path, train_inputs: list[PairInput
 
 def predict_run(run_dir: str | Path, pairs_root: str | Path, out: str | Path, list_name: str | None = None,
                 method_name: str | None = None, options: OutputOptions = OutputOptions(), last: bool = False,
-                progress: bool = True, names: tuple[str, ...] | None = None) -> tuple[int, dict | None]:
+                progress: bool = True, names: tuple[str, ...] | None = None, window: int | None = None,
+                margin: int | None = None) -> tuple[int, dict | None]:
     """Predict every pair under ``pairs_root`` (labels optional; ``names``: only these pairs or OSCD cities)
-    with a trained run; returns ``(pairs predicted, scores when every pair has a label)``."""
+    with a trained run; returns ``(pairs predicted, scores when every pair has a label)``. ``window`` /
+    ``margin`` replace the run's ``data.window`` / ``data.margin`` (a larger window: fewer, overlapping
+    windows per scene, more memory)."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise DataError(f"{run_dir}: not a change-detection run directory (no config.json); give the --out of "
                         "`diffsat cd train`")
-    cfg = load_cd_config(run_dir)
+    sizes = {"window": window, "margin": margin}
+    cfg = load_cd_config(run_dir, [f"data.{k}={v}" for k, v in sizes.items() if v is not None])
     if cfg.data.folds:
         tests = "; ".join(f"folds/{k} scores {', '.join(f.test)}" for k, f in enumerate(cfg.data.folds))
         raise DataError(f"{run_dir}: a cross-validation run, one model per fold: predict with one of its folds "

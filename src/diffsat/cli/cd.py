@@ -49,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--probabilities", action="store_true", help="also write P(change) maps to OUT/probability/")
     r.add_argument("--no-figures", action="store_true", help="skip OUT/figures/ (before | after | truth | prediction)")
     r.add_argument("--last", action="store_true", help="use the last weights instead of the best by validation F1")
+    r.add_argument("--window", type=int, help="side of the prediction windows (default: the run's data.window; "
+                   "larger: fewer windows per scene, memory grows with its square)")
+    r.add_argument("--margin", type=int, help="context pixels dropped at each window's edge (default: the run's "
+                   "data.margin)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.set_defaults(run=run_predict)
 
@@ -88,7 +92,7 @@ def run_predict(args: argparse.Namespace) -> int:
     options = OutputOptions(args.probabilities, not args.no_figures, not args.no_polygons, args.wgs84)
     names = tuple(args.names) if args.names else None
     n, result = predict_run(args.run_dir, args.pairs, args.out, args.list_name, args.method, options, args.last,
-                            not args.no_progress, names)
+                            not args.no_progress, names, args.window, args.margin)
     print(f"{n} masks written to {args.out}")
     if result is not None:
         print(summary_line(args.method or "prediction", result))

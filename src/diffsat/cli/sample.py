@@ -13,16 +13,20 @@ from ..sampling import DEFAULT_SAMPLER, DEFAULT_STEPS
 from .common import add_device, add_parser, int_list, positive_int
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Where the network comes from and how it is run (shared by ``sample`` and ``chain``)."""
+SAMPLER_WHY = ("SDE-DPM-Solver++(2M): as good as 1,000 ancestral steps within the noise at 10 steps on the "
+               "mnist_cpu model; see README, Results")
+
+
+def add_model_arguments(p: argparse.ArgumentParser, sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+                        why: str = SAMPLER_WHY, batch_size: int = 100) -> None:
+    """Where the network comes from and how it is run (shared by ``sample``, ``chain`` and ``upscale``);
+    ``sampler`` / ``steps`` / ``batch_size``: the verb's defaults, ``why`` the reason its help gives."""
     p.add_argument("checkpoint", help="run directory, DDPM-CD/SR3 *_gen.pth, or .safetensors weights")
     p.add_argument("--config", help="config for a weights file (ours, or the DDPM-CD/SR3 JSON it came with)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER,
-                   help=f"default: {DEFAULT_SAMPLER} (SDE-DPM-Solver++(2M): as good as 1,000 ancestral steps within "
-                        "the noise at 10 steps on the mnist_cpu model; see README, Results)")
-    p.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
-                   help=f"sampler steps, one network evaluation each (default: {DEFAULT_STEPS})")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=sampler, help=f"default: {sampler} ({why})")
+    p.add_argument("--steps", type=positive_int, default=steps,
+                   help=f"sampler steps, one network evaluation each (default: {steps})")
     p.add_argument("--spacing", choices=list(SPACINGS), default=None,
                    help="which of the model's T noise levels the K steps visit: uniform (evenly spaced steps), "
                         "quadratic (denser near the clean image), trailing (diffusers' name: steps T, T - T/K, "
@@ -45,7 +49,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "alone, 0 = unconditional, > 1 = more typical of the class, at twice the network "
                         "cost per step); default: the run's train.guidance")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
-    p.add_argument("--batch-size", type=positive_int, default=100, help="images per network call (default: 100)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"images per network call (default: {batch_size})")
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="bf16 autocast or fp32; auto (default) = bf16 on a bf16-capable GPU; on a CPU with "
                         "native bf16 whichever a few timed network calls at this batch find faster (once per "

@@ -7,6 +7,9 @@ call :func:`conditioned`, a function of ``(x_t, level)`` like any network.
 Regression (SR3's baseline): the same U-Net maps the condition alone to the high-resolution image,
 ``net(condition, 1)`` (the noise-level input held at 1, "clean"), trained on the direct L1 or L2 loss.
 
+With ``condition.target "residual"`` either method learns the high-resolution image minus the condition
+(:func:`to_target`) and its output is added back to the condition (:func:`from_target`).
+
 Tensors: condition and images ``(B, C, H, W)`` in [-1, 1]; levels ``(B,)``.
 """
 
@@ -29,6 +32,17 @@ def conditioned(net: Callable[..., torch.Tensor], condition: torch.Tensor) -> Ca
         return net(torch.cat((condition.to(x_t.dtype), x_t), dim=1), level)
 
     return prediction
+
+
+def to_target(image: torch.Tensor, condition: torch.Tensor, target: str) -> torch.Tensor:
+    """What the network learns to make of the high-resolution ``image``: the image itself (``target "image"``)
+    or ``image - condition`` (``"residual"``, values in [-2, 2], mostly within [-1, 1])."""
+    return image - condition if target == "residual" else image
+
+
+def from_target(made: torch.Tensor, condition: torch.Tensor, target: str) -> torch.Tensor:
+    """The image in [-1, 1] from what the network made (:func:`to_target`'s inverse, clamped)."""
+    return (condition + made).clamp(-1, 1) if target == "residual" else made
 
 
 def regress(net: nn.Module, condition: torch.Tensor) -> torch.Tensor:

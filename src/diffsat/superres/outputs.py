@@ -15,21 +15,21 @@ from ..config import Config
 from ..precision import autocast
 from ..runtime import resolve_device
 from ..sampling import SampleSettings, generate
-from ..diffusion.conditioning import regress
+from ..diffusion.conditioning import from_target, regress
 from .degradation import condition_input
 
 
 def upscale_tiles(net: nn.Module, config: Config, low: torch.Tensor, seed: int, settings: SampleSettings,
                   draws: int = 1, progress: bool = False) -> torch.Tensor:
     """``draws`` outputs ``(B, draws, C, H, W)`` float32 on the CPU of the low-resolution ``low`` ``(B, C, h, w)``."""
-    cond = condition_input(low.float(), config.condition.scale)
+    cond, target = condition_input(low.float(), config.condition.scale), config.condition.target
     if config.condition.method == "regression":
         device = resolve_device(settings.device)
         net = net.eval().to(device)
         with torch.inference_mode(), autocast(device, settings.precision == "bf16"):
             out = torch.cat([regress(net, part.to(device)).float().clamp(-1, 1).cpu()
                              for part in cond.split(settings.batch_size)])
-        return out.unsqueeze(1).expand(-1, draws, -1, -1, -1).clone()
+        return from_target(out, cond, target).unsqueeze(1).expand(-1, draws, -1, -1, -1).clone()
     repeated = cond.repeat_interleave(draws, dim=0)
     out = generate(net, config, len(repeated), seed, settings, condition=repeated, progress=progress)
-    return out.view(len(low), draws, *out.shape[1:])
+    return from_target(out, repeated, target).view(len(low), draws, *out.shape[1:])

@@ -29,7 +29,7 @@ from .. import rundir
 from ..config import Config, DataConfig
 from ..data import DataError, ImageDataset, load_dataset
 from ..data.transforms import to_model_range
-from ..diffusion.conditioning import RegressionLoss, conditioned
+from ..diffusion.conditioning import RegressionLoss, conditioned, to_target
 from ..diffusion.objective import DiffusionLoss
 from ..diffusion.schedules import NoiseSchedule
 from ..evaluation.during_training import TrainingEvaluator, make_training_evaluator
@@ -182,13 +182,16 @@ class DiffusionTask(TaskDefaults):
         return DiffusionBatch(x, dist.shard(labels).to(self.ctx.device))
 
     def loss(self, net: nn.Module, batch: DiffusionBatch, generator: torch.Generator) -> tuple[torch.Tensor, Terms]:
-        if batch.condition is not None and self.config.condition.method == "regression":
-            return self.regression_loss(net, batch.condition, batch.x)["loss"], {}
+        cond, x = self.config.condition, batch.x
+        if batch.condition is not None:
+            x = to_target(x, batch.condition, cond.target)
+            if cond.method == "regression":
+                return self.regression_loss(net, batch.condition, x)["loss"], {}
         prediction = net if batch.labels is None else functools.partial(net, labels=batch.labels)
         if batch.condition is not None:
             prediction = conditioned(net, batch.condition)
         dist = self.ctx.dist
-        return self.loss_fn(prediction, batch.x, generator, shard=(dist.rank, dist.world_size))["loss"], {}
+        return self.loss_fn(prediction, x, generator, shard=(dist.rank, dist.world_size))["loss"], {}
 
     def samples(self, network: nn.Module, n: int, bf16: bool) -> torch.Tensor:
         """``n`` images of ``network`` with the fixed grid seed (ancestral, ``train.sample_steps`` steps):
